@@ -1,0 +1,41 @@
+# Every target sets itself up: a venv in .venv, the project installed in it, services checked.
+# Safe to run twice: the install step only reruns when pyproject.toml changes.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: demo test lint bench services clean help
+
+help:
+	@echo "make demo   - generate a camera folder, train a small model, inspect, store results"
+	@echo "make test   - set up, check services, lint (ruff, mypy), run the test suite"
+	@echo "make bench  - side-by-side throughput benchmarks (JSON in var/bench/)"
+
+$(STAMP): pyproject.toml .ci/install.sh
+	bash .ci/install.sh "$(PYTHON)" "$(VENV)"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/defectscan demo
+
+services:
+	bash .ci/services.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check inspect tests benchmarks migrations flows
+	$(VENV)/bin/ruff check inspect tests benchmarks migrations flows
+	$(VENV)/bin/mypy
+
+test: $(STAMP)
+	bash .ci/services.sh
+	$(MAKE) --no-print-directory lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
