@@ -1,0 +1,101 @@
+"""The results database: typed ORM, idempotent repository functions, engines and migrations.
+
+Importing this package pulls in SQLAlchemy but never torch. The pipeline builds plain
+:class:`InspectionRecord` values (``defectscan.store.records`` imports nothing heavy) and a
+writer stores them with :func:`save_inspections` inside :func:`retrying`.
+"""
+
+from __future__ import annotations
+
+from defectscan.store.db import (
+    alembic_config,
+    is_retryable,
+    make_engine,
+    retrying,
+    session_factory,
+    upgrade_to_head,
+    with_retries,
+)
+from defectscan.store.records import DefectRecord, InspectionRecord
+from defectscan.store.repository import (
+    DEFAULT_SHIFTS,
+    DefectRate,
+    LatencyStats,
+    SaveResult,
+    ShiftYield,
+    add_review,
+    create_training_run,
+    defect_rates,
+    ensure_model_version,
+    finish_training_run,
+    get_champion,
+    get_inspection,
+    get_model_version,
+    latency_percentiles,
+    list_model_versions,
+    mark_reviews_used,
+    recent_inspections,
+    record_rejection,
+    rejection_record,
+    reviews_for_training,
+    save_inspection,
+    save_inspections,
+    save_run_metrics,
+    set_model_status,
+    start_training_run,
+    yield_by_shift,
+)
+from defectscan.store.schema import (
+    Base,
+    Defect,
+    Inspection,
+    ModelVersion,
+    Review,
+    RunMetric,
+    TrainingRun,
+)
+
+__all__ = [
+    "DEFAULT_SHIFTS",
+    "Base",
+    "Defect",
+    "DefectRate",
+    "DefectRecord",
+    "Inspection",
+    "InspectionRecord",
+    "LatencyStats",
+    "ModelVersion",
+    "Review",
+    "RunMetric",
+    "SaveResult",
+    "ShiftYield",
+    "TrainingRun",
+    "add_review",
+    "alembic_config",
+    "create_training_run",
+    "defect_rates",
+    "ensure_model_version",
+    "finish_training_run",
+    "get_champion",
+    "get_inspection",
+    "get_model_version",
+    "is_retryable",
+    "latency_percentiles",
+    "list_model_versions",
+    "make_engine",
+    "mark_reviews_used",
+    "recent_inspections",
+    "record_rejection",
+    "rejection_record",
+    "retrying",
+    "reviews_for_training",
+    "save_inspection",
+    "save_inspections",
+    "save_run_metrics",
+    "session_factory",
+    "set_model_status",
+    "start_training_run",
+    "upgrade_to_head",
+    "with_retries",
+    "yield_by_shift",
+]
