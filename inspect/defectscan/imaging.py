@@ -500,6 +500,10 @@ class _JpegLayout:
             end = pos + 2 + length
             _need(data, end, "JPEG", f"segment 0x{marker:02x} at byte {pos}")
             if marker in _JPEG_SOF:
+                if sof is not None:
+                    # libjpeg refuses a second frame header too; checking one size and
+                    # decoding another would defeat the pixel limit.
+                    raise _corrupt("JPEG", f"second frame header (SOF) at byte {pos}")
                 if length < 8:
                     raise _corrupt("JPEG", f"frame header at byte {pos} is {length} bytes")
                 sof = struct.unpack_from(">BHHB", data, pos + 4)
@@ -738,7 +742,9 @@ def _read_tiff_ifd(data: bytes, ifd: int, order: str, big: bool) -> dict[int, tu
     for i in range(n_entries):
         pos = ifd + count_size + i * entry_size
         tag, typ, count = struct.unpack_from(entry_fmt, data, pos)
-        if tag not in _TIFF_WANTED or typ not in _TIFF_TYPES:
+        # The first of duplicated tags wins, as in libtiff: a later small ImageWidth must not
+        # hide the one the decoder will use.
+        if tag not in _TIFF_WANTED or typ not in _TIFF_TYPES or tag in tags:
             continue
         if typ not in _TIFF_INTEGER:
             raise _corrupt("TIFF", f"tag {tag} has non-integer type {typ}")
