@@ -594,7 +594,10 @@ class _BmpLayout:
         elif self.compression in (_BMP_RLE8, _BMP_RLE4):
             needed = self.pixel_offset + max(self.image_size, 1)
         else:
-            msg = f"BMP compression {self.compression} (embedded JPEG/PNG) is not supported"
+            msg = (
+                f"BMP compression {self.compression} is not supported (only uncompressed, "
+                "bit fields and RLE); re-save the image as uncompressed BMP or PNG"
+            )
             raise ImageDecodeError(msg)
         _need(data, needed, "BMP", "pixel data")
 
