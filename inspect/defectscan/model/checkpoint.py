@@ -81,7 +81,7 @@ def file_sha256(path: Path) -> str:
 
 
 def save_checkpoint(model: torch.nn.Module, spec: ModelSpec, path: str | Path) -> str:
-    """Write ``model``'s weights and ``spec`` to a ``.safetensors`` file; returns the weights hash."""
+    """Write ``model``'s weights and ``spec`` to ``.safetensors``; returns the weights hash."""
     path = Path(path)
     if path.suffix != ".safetensors":
         msg = f"checkpoints are written as .safetensors, got {path.name!r}"

@@ -1,0 +1,313 @@
+"""The ``defectscan`` command line (typer + rich): the outermost layer.
+
+Exit status: 0 when every input was inspected, 2 when some inputs were rejected (the rest are
+still inspected), 1 for usage errors (bad options, missing files, unreadable model).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from defectscan import __version__
+from defectscan.errors import DefectscanError
+
+__all__ = ["app", "main"]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+
+app = typer.Typer(
+    name="defectscan",
+    help="Industrial defect inspection: tiled UNet segmentation, masks, contours, verdicts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+class UsageFailure(click.UsageError):
+    """A usage error raised from inside a command (exit status 1)."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"defectscan {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
+    ] = False,
+) -> None:
+    """Inspect images for scratches, cracks and spots with a UNet; train and manage models."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def expand_inputs(patterns: list[str]) -> list[Path]:
+    """Files as given, image files inside folders (sorted), and glob patterns, de-duplicated."""
+    out: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+
+    for pattern in patterns:
+        p = Path(pattern)
+        if p.is_dir():
+            for child in sorted(p.iterdir()):
+                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES:
+                    add(child)
+        elif p.is_file():
+            add(p)
+        elif glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern, recursive=True))
+            if not matches:
+                msg = f"no files match {pattern!r}"
+                raise UsageFailure(msg)
+            for m in matches:
+                if Path(m).is_file():
+                    add(Path(m))
+        else:
+            msg = f"{pattern}: no such file or folder"
+            raise UsageFailure(msg)
+    return out
+
+
+def _output_names(paths: list[Path]) -> dict[Path, str]:
+    """A unique file stem per input for masks/overlays (inputs may share a name)."""
+    counts = Counter(p.stem for p in paths)
+    names: dict[Path, str] = {}
+    used: set[str] = set()
+    for p in paths:
+        stem = p.stem if counts[p.stem] == 1 else f"{p.parent.name}_{p.stem}"
+        base, i = stem, 1
+        while stem in used:
+            stem = f"{base}-{i}"
+            i += 1
+        used.add(stem)
+        names[p] = stem
+    return names
+
+
+@app.command("inspect")
+def inspect_cmd(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")],
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="Checkpoint (.safetensors, or a seed .pth).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write <name>.mask.png / .overlay.png here.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON Lines, one per input.")] = (
+        False
+    ),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    tile_size: Annotated[int | None, typer.Option(min=16, help="Tile size in pixels.")] = None,
+    overlap: Annotated[int | None, typer.Option(min=0, help="Tile overlap in pixels.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Tiles per inference batch.")] = 8,
+    backend: Annotated[str, typer.Option(help="torch, openvino, onnxruntime or auto.")] = "torch",
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
+    line: Annotated[str | None, typer.Option(help="Production line (its config applies).")] = None,
+    camera: Annotated[str | None, typer.Option(help="Camera name stored with results.")] = None,
+    store: Annotated[
+        bool, typer.Option("--store/--no-store", help="Save results to DEFECTSCAN_DATABASE_URL.")
+    ] = False,
+) -> None:
+    """Inspect images and print a verdict and the defects of each one."""
+    from defectscan.config import get_settings
+    from defectscan.pipeline import ImageRecord, Inspector
+
+    settings = get_settings()
+    inputs = expand_inputs(paths)
+    if not inputs:
+        msg = "no image files found in the given paths"
+        raise UsageFailure(msg)
+    if backend not in ("torch", "openvino", "onnxruntime", "auto"):
+        msg = f"--backend must be torch, openvino, onnxruntime or auto, not {backend!r}"
+        raise UsageFailure(msg)
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        msg = f"--precision must be auto, fp32, bf16 or fp16, not {precision!r}"
+        raise UsageFailure(msg)
+    try:
+        inspector = Inspector.from_checkpoint(
+            model,
+            backend=backend,  # type: ignore[arg-type]
+            device=device,
+            precision=precision,  # type: ignore[arg-type]
+            tile_size=tile_size,
+            overlap=overlap,
+            batch_size=batch_size,
+            max_pixels=settings.max_pixels,
+            lines=settings.lines,
+        )
+    except DefectscanError as exc:
+        raise UsageFailure(str(exc)) from exc
+    names = _output_names(inputs)
+    records = [ImageRecord.from_path(p, camera=camera, line=line) for p in inputs]
+    saver = _ResultSaver(settings.database_url, inspector) if store else None
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    n_rejected = 0
+    for result in inspector.inspect(records, keep_images=out is not None):
+        path = result.record.path
+        assert path is not None
+        row = result.to_dict()
+        row["path"] = str(path)
+        mask_path = overlay_path = None
+        if out is not None and result.status == "ok":
+            mask_path, overlay_path = _write_outputs(result, out, names[path], inspector)
+            row["mask"], row["overlay"] = str(mask_path), str(overlay_path)
+        result.image = None
+        if saver is not None:
+            saver.add(result, mask_path, overlay_path)
+        n_rejected += result.status == "rejected"
+        if as_json:
+            sys.stdout.write(json.dumps(row) + "\n")
+            sys.stdout.flush()
+        rows.append(row)
+    if saver is not None:
+        saver.close()
+    elapsed = time.perf_counter() - started
+    if not as_json:
+        _print_table(rows, elapsed)
+    if out is not None:
+        from defectscan.report import html_report
+
+        html_report(rows, out / "report.html", title="defectscan inspection")
+    if n_rejected:
+        raise typer.Exit(2)
+
+
+def _write_outputs(result: Any, out: Path, stem: str, inspector: Any) -> tuple[Path, Path]:
+    from defectscan.report import overlay, write_mask, write_png
+
+    mask_path = write_mask(out / f"{stem}.mask.png", result.class_map)
+    picture = overlay(result.image, result.class_map, result.defects, inspector.spec.class_names)
+    overlay_path = write_png(out / f"{stem}.overlay.png", picture)
+    return mask_path, overlay_path
+
+
+class _ResultSaver:
+    """Buffers results and writes them to the results database in batches."""
+
+    def __init__(self, url: str, inspector: Any, batch: int = 64) -> None:
+        from defectscan.store import db, repository
+
+        self._repo = repository
+        db.upgrade_to_head(url)
+        self._engine = db.make_engine(url)
+        self._sessions = db.session_factory(self._engine)
+        self._batch = batch
+        self._pending: list[Any] = []
+        spec = inspector.spec
+        with self._sessions.begin() as session:
+            repository.ensure_model_version(
+                session=session,
+                version=inspector.model_version,
+                sha256=inspector.model_version.rsplit("-", 1)[-1],
+                name=spec.name,
+                checkpoint_path=None,
+                spec=spec.to_dict(),
+                activation=spec.activation,
+                class_names=list(spec.class_names),
+            )
+
+    def add(self, result: Any, mask_path: Path | None, overlay_path: Path | None) -> None:
+        self._pending.append(
+            result.to_store_record(
+                mask_path=str(mask_path) if mask_path else None,
+                overlay_path=str(overlay_path) if overlay_path else None,
+            )
+        )
+        if len(self._pending) >= self._batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            with self._sessions.begin() as session:
+                self._repo.save_inspections(self._pending, session=session)
+            self._pending.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self._engine.dispose()
+
+
+def _print_table(rows: list[dict[str, Any]], elapsed: float) -> None:
+    table = Table(title="defectscan inspect", show_lines=False)
+    for col in ("image", "status", "verdict", "defects", "ms"):
+        table.add_column(col, justify="right" if col == "ms" else "left")
+    verdicts: Counter[str] = Counter()
+    for r in rows:
+        counts = Counter(d["class"] for d in r["defects"])
+        defects = ", ".join(f"{n}x {c}" for c, n in sorted(counts.items())) or "-"
+        if r["status"] == "rejected":
+            defects = f"{r['error']['kind']}: {r['error']['message']}"
+        verdict = r["verdict"] or "-"
+        verdicts[r["verdict"] or "rejected"] += 1
+        style = {"fail": "bold red", "pass": "green"}.get(verdict, "yellow")
+        table.add_row(
+            r["path"],
+            r["status"],
+            f"[{style}]{verdict}[/]",
+            defects,
+            f"{r['timings_ms'].get('total', 0.0):.0f}",
+        )
+    console.print(table)
+    n = len(rows)
+    console.print(
+        f"{n} images in {elapsed:.2f} s ({n / elapsed if elapsed else 0:.2f} img/s): "
+        f"{verdicts['pass']} pass, {verdicts['fail']} fail, {verdicts['rejected']} rejected"
+    )
+
+
+def _register_subcommands() -> None:
+    from defectscan._cli_db import db_app
+
+    app.add_typer(db_app, name="db", help="Results database migrations.")
+    try:
+        from defectscan._cli_train import register
+    except ImportError:  # pragma: no cover - only while the training module is absent
+        return
+    register(app)
+
+
+def main() -> None:
+    """Console-script entry point with the documented exit statuses."""
+    _register_subcommands()
+    try:
+        rv = app(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(1)
+    except DefectscanError as exc:
+        err_console.print(f"[red]error[/]: {exc}")
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
