@@ -1,59 +1,63 @@
 """The results database: typed ORM, idempotent repository functions, engines and migrations.
 
-Importing this package pulls in SQLAlchemy but never torch. The pipeline builds plain
-:class:`InspectionRecord` values (``defectscan.store.records`` imports nothing heavy) and a
-writer stores them with :func:`save_inspections` inside :func:`retrying`.
+The names below load on first use (PEP 562): ``import defectscan.store.records`` pulls in
+neither SQLAlchemy nor torch, so the pipeline can build plain :class:`InspectionRecord` values
+cheaply; a writer stores them with :func:`save_inspections` inside :func:`retrying`.
 """
 
 from __future__ import annotations
 
-from defectscan.store.db import (
-    alembic_config,
-    is_retryable,
-    make_engine,
-    retrying,
-    session_factory,
-    upgrade_to_head,
-    with_retries,
-)
-from defectscan.store.records import DefectRecord, InspectionRecord
-from defectscan.store.repository import (
-    DEFAULT_SHIFTS,
-    DefectRate,
-    LatencyStats,
-    SaveResult,
-    ShiftYield,
-    add_review,
-    create_training_run,
-    defect_rates,
-    ensure_model_version,
-    finish_training_run,
-    get_champion,
-    get_inspection,
-    get_model_version,
-    latency_percentiles,
-    list_model_versions,
-    mark_reviews_used,
-    recent_inspections,
-    record_rejection,
-    rejection_record,
-    reviews_for_training,
-    save_inspection,
-    save_inspections,
-    save_run_metrics,
-    set_model_status,
-    start_training_run,
-    yield_by_shift,
-)
-from defectscan.store.schema import (
-    Base,
-    Defect,
-    Inspection,
-    ModelVersion,
-    Review,
-    RunMetric,
-    TrainingRun,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from defectscan.store.db import (
+        alembic_config,
+        is_retryable,
+        make_engine,
+        retrying,
+        session_factory,
+        upgrade_to_head,
+        with_retries,
+    )
+    from defectscan.store.records import DefectRecord, InspectionRecord
+    from defectscan.store.repository import (
+        DEFAULT_SHIFTS,
+        DefectRate,
+        LatencyStats,
+        SaveResult,
+        ShiftYield,
+        add_review,
+        create_training_run,
+        defect_rates,
+        ensure_model_version,
+        finish_training_run,
+        get_champion,
+        get_inspection,
+        get_model_version,
+        latency_percentiles,
+        list_model_versions,
+        mark_reviews_used,
+        recent_inspections,
+        record_rejection,
+        rejection_record,
+        reviews_for_training,
+        save_inspection,
+        save_inspections,
+        save_run_metrics,
+        set_model_status,
+        start_training_run,
+        yield_by_shift,
+    )
+    from defectscan.store.schema import (
+        Base,
+        Defect,
+        Inspection,
+        ModelVersion,
+        Review,
+        RunMetric,
+        TrainingRun,
+    )
 
 __all__ = [
     "DEFAULT_SHIFTS",
@@ -99,3 +103,62 @@ __all__ = [
     "with_retries",
     "yield_by_shift",
 ]
+
+_LAZY: dict[str, str] = {
+    "DEFAULT_SHIFTS": "defectscan.store.repository",
+    "Base": "defectscan.store.schema",
+    "Defect": "defectscan.store.schema",
+    "DefectRate": "defectscan.store.repository",
+    "DefectRecord": "defectscan.store.records",
+    "Inspection": "defectscan.store.schema",
+    "InspectionRecord": "defectscan.store.records",
+    "LatencyStats": "defectscan.store.repository",
+    "ModelVersion": "defectscan.store.schema",
+    "Review": "defectscan.store.schema",
+    "RunMetric": "defectscan.store.schema",
+    "SaveResult": "defectscan.store.repository",
+    "ShiftYield": "defectscan.store.repository",
+    "TrainingRun": "defectscan.store.schema",
+    "add_review": "defectscan.store.repository",
+    "alembic_config": "defectscan.store.db",
+    "create_training_run": "defectscan.store.repository",
+    "defect_rates": "defectscan.store.repository",
+    "ensure_model_version": "defectscan.store.repository",
+    "finish_training_run": "defectscan.store.repository",
+    "get_champion": "defectscan.store.repository",
+    "get_inspection": "defectscan.store.repository",
+    "get_model_version": "defectscan.store.repository",
+    "is_retryable": "defectscan.store.db",
+    "latency_percentiles": "defectscan.store.repository",
+    "list_model_versions": "defectscan.store.repository",
+    "make_engine": "defectscan.store.db",
+    "mark_reviews_used": "defectscan.store.repository",
+    "recent_inspections": "defectscan.store.repository",
+    "record_rejection": "defectscan.store.repository",
+    "rejection_record": "defectscan.store.repository",
+    "retrying": "defectscan.store.db",
+    "reviews_for_training": "defectscan.store.repository",
+    "save_inspection": "defectscan.store.repository",
+    "save_inspections": "defectscan.store.repository",
+    "save_run_metrics": "defectscan.store.repository",
+    "session_factory": "defectscan.store.db",
+    "set_model_status": "defectscan.store.repository",
+    "start_training_run": "defectscan.store.repository",
+    "upgrade_to_head": "defectscan.store.db",
+    "with_retries": "defectscan.store.db",
+    "yield_by_shift": "defectscan.store.repository",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,80 @@
+"""A batching results writer: what the CLI, the demo and the line monitor save through.
+
+Records are buffered and written in one transaction per batch with
+:func:`~defectscan.store.repository.save_inspections` (idempotent on sha256 + model version),
+retrying transient connection failures. Sources must acknowledge a record only after the
+:meth:`ResultWriter.flush` that wrote it has returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from defectscan.store.db import retrying, session_factory
+from defectscan.store.records import InspectionRecord
+from defectscan.store.repository import SaveResult, ensure_model_version, save_inspections
+
+__all__ = ["ResultWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+class ResultWriter:
+    """Buffer inspection records and write them in batches, with retries."""
+
+    def __init__(self, engine: Engine, *, batch_size: int = 64, attempts: int = 5) -> None:
+        if batch_size < 1:
+            msg = f"batch_size must be >= 1, got {batch_size}"
+            raise ValueError(msg)
+        self._sessions = session_factory(engine, write=True)
+        self.batch_size = batch_size
+        self.attempts = attempts
+        self._pending: list[InspectionRecord] = []
+        self.inserted = 0
+        self.duplicates = 0
+
+    def register_model(self, **model: Any) -> None:
+        """Make sure the model version exists (arguments of ``ensure_model_version``)."""
+
+        def unit(*, session: Session) -> None:
+            ensure_model_version(session=session, **model)
+
+        retrying(unit, sessions=self._sessions, attempts=self.attempts)
+
+    def add(self, record: InspectionRecord) -> SaveResult | None:
+        """Queue one record; writes the batch (and returns its result) when it is full."""
+        self._pending.append(record)
+        if len(self._pending) >= self.batch_size:
+            return self.flush()
+        return None
+
+    def write(self, records: Sequence[InspectionRecord]) -> SaveResult:
+        """Write ``records`` now, in one transaction (retried as a whole)."""
+
+        def unit(*, session: Session) -> SaveResult:
+            return save_inspections(records, session=session)
+
+        result = retrying(unit, sessions=self._sessions, attempts=self.attempts)
+        self.inserted += result.inserted
+        self.duplicates += result.duplicates
+        if result.duplicates:
+            logger.info("%d repeated deliveries were already stored", result.duplicates)
+        return result
+
+    def flush(self) -> SaveResult:
+        """Write what is buffered; on failure the batch stays buffered for the next try."""
+        if not self._pending:
+            return SaveResult(inserted=0, duplicates=0)
+        result = self.write(self._pending)
+        self._pending = []
+        return result
+
+    @property
+    def pending(self) -> int:
+        """Records buffered but not yet written."""
+        return len(self._pending)
