@@ -188,13 +188,14 @@ class Defect:
     max_score: float
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict; the class name is under ``"class"``."""
+        """JSON-safe dict; the class name is under ``"class"``, ``"score"`` is the mean score."""
         return {
             "class": self.class_name,
             "class_index": self.class_index,
             "area": self.area,
             "bbox": list(self.bbox),
             "centroid": list(self.centroid),
+            "score": self.mean_score,
             "perimeter": self.perimeter,
             "polygon": [list(p) for p in self.polygon],
             "mean_score": self.mean_score,
@@ -263,20 +264,17 @@ def class_masks(probs: np.ndarray, cfg: PostprocessConfig) -> list[np.ndarray]:
     return [(cmap == c + 1).view(np.uint8) for c in range(len(cfg.class_names))]
 
 
-@dataclass
-class _ClassResult:
-    """One class's cleaned mask, confined to ``region`` (y0, y1, x0, x1) of the frame."""
-
-    region: tuple[int, int, int, int]
-    mask: np.ndarray  # uint8 0/1, the region's size
-    defects: list[Defect]
+# Above this many components in one class's region, one connected-components pass over the
+# region beats one small pass per component (noisy masks: thousands of specks).
+_MANY_COMPONENTS = 64
+_NO_CONTOUR = np.zeros((0, 1, 2), np.int32)  # for components dropped before tracing
 
 
 def _region(mask: np.ndarray, margin: int) -> tuple[int, int, int, int] | None:
     """Bounding box (y0, y1, x0, x1) of the mask's pixels grown by ``margin``; None if empty."""
-    x, y, w, h = cv2.boundingRect(mask)
-    if w == 0 or h == 0:
+    if cv2.countNonZero(mask) == 0:  # the common case (a good part), and cheaper than a bbox
         return None
+    x, y, w, h = cv2.boundingRect(mask)
     height, width = mask.shape
     return (
         max(0, y - margin),
@@ -293,66 +291,153 @@ def _morphology(mask: np.ndarray, kernel_size: int) -> np.ndarray:
     return cv2.morphologyEx(opened, cv2.MORPH_CLOSE, kernel)
 
 
+@dataclass(frozen=True)
+class _Component:
+    """One 8-connected component, in the coordinates of its class's region crop."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    area: int
+    cx: float
+    cy: float
+    pixels: np.ndarray  # bool [h, w]: the component within its bbox (not other components)
+    contour: np.ndarray  # outer border, int32 [N, 1, 2]
+
+
+def _components_by_contour(crop: np.ndarray, outer: list[np.ndarray]) -> list[_Component]:
+    """Few components: label each one's bbox only. Pixel work is the sum of the bboxes."""
+    comps = []
+    for contour in outer:
+        x, y, w, h = cv2.boundingRect(contour)
+        _, labels, stats, centroids = cv2.connectedComponentsWithStats(
+            crop[y : y + h, x : x + w], connectivity=8, ltype=cv2.CV_32S
+        )
+        # Border points are pixels of the component they enclose; other components (and the
+        # holes' contents) in the same bbox have other labels.
+        px, py = contour[0, 0]
+        label = int(labels[py - y, px - x])
+        cx, cy = centroids[label]
+        comps.append(
+            _Component(
+                x=x,
+                y=y,
+                w=w,
+                h=h,
+                area=int(stats[label, cv2.CC_STAT_AREA]),
+                cx=float(cx) + x,
+                cy=float(cy) + y,
+                pixels=labels == label,
+                contour=contour,
+            )
+        )
+    return comps
+
+
+def _components_by_labels(crop: np.ndarray, min_area: int) -> list[_Component]:
+    """Many components: one labelling pass; contours only for those big enough to keep."""
+    n, labels, stats, centroids = cv2.connectedComponentsWithStats(
+        crop, connectivity=8, ltype=cv2.CV_32S
+    )
+    comps = []
+    for i in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[i, :5])
+        pixels = labels[y : y + h, x : x + w] == i
+        contour = _NO_CONTOUR
+        if area >= min_area:
+            contours, _ = cv2.findContours(
+                pixels.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y)
+            )
+            # One component has exactly one outer border; max() only guards against surprises.
+            contour = max(contours, key=len)
+        cx, cy = centroids[i]
+        comps.append(_Component(x, y, w, h, area, float(cx), float(cy), pixels, contour))
+    return comps
+
+
+def _paint(
+    class_map: np.ndarray,
+    probs: np.ndarray,
+    channel_of: list[int],
+    class_index: int,
+    y: int,
+    x: int,
+    pixels: np.ndarray,
+) -> None:
+    """Write one component into the class map, resolving overlaps as raw thresholding does.
+
+    Where an earlier class already holds a pixel, the more probable class wins (ties: the
+    earlier, lower index), which is the argmax rule applied one class at a time.
+    """
+    h, w = pixels.shape
+    view = class_map[y : y + h, x : x + w]
+    held = view[pixels]
+    if not held.any():
+        view[pixels] = class_index
+        return
+    ys, xs = np.nonzero(pixels)
+    ys += y
+    xs += x
+    channels = np.asarray(channel_of, dtype=np.intp)
+    new = probs[channel_of[class_index - 1], ys, xs]
+    old = probs[channels[np.maximum(held.astype(np.intp) - 1, 0)], ys, xs]
+    view[pixels] = np.where((held == 0) | (new > old), class_index, held)
+
+
 def _class_defects(
     mask: np.ndarray,
-    prob: np.ndarray,
+    probs: np.ndarray,
     class_index: int,
     cfg: PostprocessConfig,
-) -> _ClassResult | None:
-    """Clean one class's full-frame mask and turn its components into defects."""
+    class_map: np.ndarray,
+    channel_of: list[int],
+) -> list[Defect]:
+    """Clean one class's mask, paint what is kept into the class map, return its defects."""
     c = class_index - 1
     # Closing can reach ``kernel // 2`` beyond the pixels, and its erosion must see a margin of
     # background past that for the crop to give exactly the full-frame result.
     margin = cfg.morph_kernel + 2 if cfg.morph_kernel > 0 else 0
     region = _region(mask, margin)
     if region is None:
-        return None
+        return []
     y0, y1, x0, x1 = region
     crop = mask[y0:y1, x0:x1]
     if cfg.morph_kernel > 0:
         crop = _morphology(crop, cfg.morph_kernel)
-        if not crop.any():
-            return None
-    p = prob[y0:y1, x0:x1]
-    _, labels, stats, centroids = cv2.connectedComponentsWithStats(
-        crop, connectivity=8, ltype=cv2.CV_32S
-    )
-    areas = stats[:, cv2.CC_STAT_AREA]
-    keep = areas >= cfg.min_area[c]
-    keep[0] = False  # label 0 is the background
-    if not keep[1:].all():
-        # Dropped components leave the mask (and therefore the class map) as well.
-        crop = keep[labels].view(np.uint8)
-    defects: list[Defect] = []
+    # RETR_CCOMP puts the outer border of every component at the top level, including
+    # components that sit inside another one's hole (RETR_EXTERNAL would miss those).
+    contours, hierarchy = cv2.findContours(crop, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return []
+    outer = [cnt for cnt, link in zip(contours, hierarchy[0], strict=True) if link[3] < 0]
+    min_area = cfg.min_area[c]
+    if len(outer) > _MANY_COMPONENTS:
+        comps = _components_by_labels(crop, min_area)
+    else:
+        comps = _components_by_contour(crop, outer)
+    p = probs[channel_of[c], y0:y1, x0:x1]
     name = cfg.class_names[c]
-    for i in np.flatnonzero(keep):
-        x, y, w, h, area = (int(v) for v in stats[i, :5])
-        component = labels[y : y + h, x : x + w] == i
-        contours, _ = cv2.findContours(
-            component.view(np.uint8),
-            cv2.RETR_EXTERNAL,
-            cv2.CHAIN_APPROX_SIMPLE,
-            offset=(x + x0, y + y0),
-        )
-        # An 8-connected component has exactly one outer border; max() only guards against
-        # surprises from OpenCV.
-        contour = max(contours, key=len)
-        scores = p[y : y + h, x : x + w][component]
-        cx, cy = centroids[i]
+    defects: list[Defect] = []
+    for comp in comps:
+        if comp.area < min_area:
+            continue  # dropped: neither a defect nor in the class map
+        _paint(class_map, probs, channel_of, class_index, comp.y + y0, comp.x + x0, comp.pixels)
+        scores = p[comp.y : comp.y + comp.h, comp.x : comp.x + comp.w][comp.pixels]
         defects.append(
             Defect(
                 class_index=class_index,
                 class_name=name,
-                area=area,
-                bbox=(x + x0, y + y0, w, h),
-                centroid=(float(cx) + x0, float(cy) + y0),
-                perimeter=float(cv2.arcLength(contour, True)),
-                polygon=contour.reshape(-1, 2).tolist(),
+                area=comp.area,
+                bbox=(comp.x + x0, comp.y + y0, comp.w, comp.h),
+                centroid=(comp.cx + x0, comp.cy + y0),
+                perimeter=float(cv2.arcLength(comp.contour, True)),
+                polygon=(comp.contour.reshape(-1, 2) + np.array([x0, y0])).tolist(),
                 mean_score=float(scores.mean(dtype=np.float64)),
                 max_score=float(scores.max()),
             )
         )
-    return _ClassResult(region=region, mask=crop, defects=defects)
+    return defects
 
 
 def _verdict(defects: list[Defect], cfg: PostprocessConfig) -> Literal["pass", "fail"]:
@@ -367,34 +452,15 @@ def postprocess(probs: np.ndarray, cfg: PostprocessConfig) -> Postprocessed:
     """Class map, defects sorted by (class, y, x), and verdict for one frame's probabilities."""
     masks = class_masks(probs, cfg)
     offset = 1 if cfg.activation == "softmax" else 0  # softmax channel 0 is background
-    results: list[tuple[int, _ClassResult]] = []
-    for c, mask in enumerate(masks):
-        res = _class_defects(mask, probs[c + offset], c + 1, cfg)
-        if res is not None:
-            results.append((c + 1, res))
-
+    channel_of = [c + offset for c in range(len(cfg.class_names))]
     class_map = np.zeros(probs.shape[1:], dtype=np.uint8)
-    if len(results) == 1:
-        class_index, res = results[0]
-        y0, y1, x0, x1 = res.region
-        class_map[y0:y1, x0:x1][res.mask != 0] = class_index
-    elif results:
-        # Where cleaned masks overlap (multi-label sigmoid, or a closing that grew into a
-        # neighbour), the most probable class wins; ties go to the lower class index. Without
-        # cleaning this is exactly the raw thresholding / argmax.
-        best = np.full(probs.shape[1:], -np.inf, dtype=np.float32)
-        for class_index, res in results:
-            y0, y1, x0, x1 = res.region
-            p = probs[class_index - 1 + offset, y0:y1, x0:x1]
-            best_r = best[y0:y1, x0:x1]
-            win = (res.mask != 0) & (p > best_r)
-            class_map[y0:y1, x0:x1][win] = class_index
-            best_r[win] = p[win]
-
-    defects = sorted(
-        (d for _, res in results for d in res.defects),
-        key=lambda d: (d.class_index, d.bbox[1], d.bbox[0]),
-    )
+    defects: list[Defect] = []
+    # Ascending class order matters: _paint resolves overlaps against earlier classes.
+    for c, mask in enumerate(masks):
+        defects += _class_defects(mask, probs, c + 1, cfg, class_map, channel_of)
+    # Bboxes of different components can share a corner; a contour starts at its component's
+    # first pixel in raster order, which no other component has: a total, stable order.
+    defects.sort(key=lambda d: (d.class_index, d.bbox[1], d.bbox[0], d.polygon[0][::-1]))
     verdict = _verdict(defects, cfg)
     logger.debug("%d defects, verdict %s", len(defects), verdict)
     return Postprocessed(class_map=class_map, defects=defects, verdict=verdict)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
 import numpy as np
 import pytest
 
+from defectscan import postprocess as postprocess_module
 from defectscan.config import LineConfig
 from defectscan.errors import ConfigError
 from defectscan.model.spec import ModelSpec
@@ -133,11 +135,13 @@ def test_sigmoid_defaults_reproduce_raw_thresholding_exactly() -> None:
     np.testing.assert_array_equal(post.class_map, (probs[0] > 0.5).astype(np.uint8))
     assert sum(d.area for d in post.defects) == int((probs[0] > 0.5).sum())
     two = rng.random((2, 120, 130), dtype=np.float32)
+    two[:, :10, :10] = 0.8  # both classes over threshold and equally likely: the first shows
     post2 = postprocess(two, _sigmoid_cfg(thresholds=(0.3, 0.6)))
     over = two > np.array([0.3, 0.6], np.float32)[:, None, None]
     score = np.where(over, two, -1.0)
     expected = np.where(over.any(0), score.argmax(0) + 1, 0)
     np.testing.assert_array_equal(post2.class_map, expected)
+    assert (post2.class_map[:10, :10] == 1).all()
 
 
 # --- softmax ----------------------------------------------------------------------------
@@ -295,6 +299,57 @@ def test_each_contour_belongs_to_its_own_component() -> None:
     assert all(_inside_bbox(d) for d in post.defects)
 
 
+@pytest.mark.parametrize("min_area", [0, 6])
+def test_irregular_noisy_masks_match_a_full_frame_reference_on_both_code_paths(
+    min_area: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Thresholded blurred noise: hundreds of irregular components, holes, islands in holes.
+    rng = np.random.default_rng(5)
+    white = rng.standard_normal((2, 150, 170)).astype(np.float32)
+    noise = np.stack([cv2.GaussianBlur(ch, (0, 0), 1.5) for ch in white])
+    probs = 1.0 / (1.0 + np.exp(-8.0 * noise))
+    cfg = _sigmoid_cfg(thresholds=(0.7, 0.75), min_area=(min_area, min_area))
+    results = []
+    # Few components are labelled per bbox, many in one pass: both must agree exactly.
+    for many in (0, 10**9):
+        monkeypatch.setattr(postprocess_module, "_MANY_COMPONENTS", many)
+        results.append(postprocess(probs, cfg))
+    a, b = (r.defects for r in results)
+    # Identical but for the last bit of the centroid (offsets are added in another order).
+    assert [dataclasses.replace(d, centroid=(0.0, 0.0)) for d in a] == [
+        dataclasses.replace(d, centroid=(0.0, 0.0)) for d in b
+    ]
+    np.testing.assert_allclose([d.centroid for d in a], [d.centroid for d in b], rtol=1e-12)
+    np.testing.assert_array_equal(results[0].class_map, results[1].class_map)
+    post = results[0]
+    expected_map = np.zeros(probs.shape[1:], np.uint8)
+    for c, thr in enumerate(cfg.thresholds):
+        mask = (probs[c] > thr).astype(np.uint8)
+        n, labels, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        kept = [i for i in range(1, n) if stats[i, 4] >= min_area]
+        assert n - 1 > 64  # enough components for the one-pass path to matter
+        got = [d for d in post.defects if d.class_index == c + 1]
+        assert sorted((d.area, d.bbox) for d in got) == sorted(
+            (int(stats[i, 4]), tuple(int(v) for v in stats[i, :4])) for i in kept
+        )
+        np.testing.assert_allclose(
+            sorted(d.centroid for d in got), sorted(tuple(centroids[i]) for i in kept), rtol=1e-9
+        )
+        for d in got:
+            assert _inside_bbox(d)
+            assert d.mean_score > thr
+        keep = np.isin(labels, kept)
+        over = expected_map == 0
+        # Where both classes are kept, the likelier one shows (class 1 on ties).
+        prior = probs[0] if c == 1 else np.full_like(probs[0], -1.0)
+        expected_map[keep & (over | (probs[c] > prior))] = c + 1
+    np.testing.assert_array_equal(post.class_map, expected_map)
+    if min_area == 0:
+        raw = np.where(probs[1] > 0.75, 2, 0)
+        raw[(probs[0] > 0.7) & ~((probs[1] > 0.75) & (probs[1] > probs[0]))] = 1
+        np.testing.assert_array_equal(post.class_map, raw)
+
+
 def test_defects_are_sorted_by_class_then_position_and_serialise_to_json() -> None:
     probs = np.full((2, H, W), 0.1, np.float32)
     for y, x in ((40, 5), (5, 60), (5, 20)):
@@ -312,6 +367,7 @@ def test_defects_are_sorted_by_class_then_position_and_serialise_to_json() -> No
         "area": 9,
         "bbox": [25, 15, 3, 3],
         "centroid": [26.0, 16.0],
+        "score": pytest.approx(0.8),  # the mean score, the one number a row shows
         "perimeter": pytest.approx(8.0),
         "polygon": [[25, 15], [25, 17], [27, 17], [27, 15]],
         "mean_score": pytest.approx(0.8),
