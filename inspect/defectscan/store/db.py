@@ -144,7 +144,7 @@ def retrying(
     fn: Callable[..., T],
     *,
     sessions: sessionmaker[Session],
-    attempts: int = 5,
+    attempts: int = 8,
     base_delay: float = 0.1,
     max_delay: float = 5.0,
 ) -> T:
@@ -153,7 +153,8 @@ def retrying(
     On a retryable error (see :func:`is_retryable`) the transaction is rolled back and the
     *whole* unit of work runs again in a fresh session, after an exponential backoff with
     jitter. Pair it with idempotent writes: a commit whose acknowledgement was lost is then
-    harmless to repeat.
+    harmless to repeat. The defaults wait up to about 11 s in all, long enough for a
+    PostgreSQL restart; a writer that must ride out longer outages passes more attempts.
     """
     if attempts < 1:
         msg = f"attempts must be at least 1, got {attempts}"
@@ -183,7 +184,7 @@ def retrying(
 def with_retries(
     sessions: sessionmaker[Session],
     *,
-    attempts: int = 5,
+    attempts: int = 8,
     base_delay: float = 0.1,
     max_delay: float = 5.0,
 ) -> Callable[[Callable[..., T]], Callable[..., T]]:

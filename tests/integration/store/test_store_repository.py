@@ -217,6 +217,7 @@ def test_get_inspection_by_id_and_sha256_with_defects(
         by_sha = repo.get_inspection(record.sha256, session=session)
         assert by_sha is not None
         by_id = repo.get_inspection(by_sha.id, session=session)
+        assert repo.get_inspection(str(by_sha.id), session=session) is by_id
         assert by_id is not None
         assert by_id.id == by_sha.id
         assert repo.get_inspection("f" * 64, session=session) is None
