@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -38,8 +37,8 @@ console = Console(stderr=False)
 err_console = Console(stderr=True)
 
 
-class UsageFailure(click.UsageError):
-    """A usage error raised from inside a command (exit status 1)."""
+class CliUsageError(Exception):
+    """A usage error found inside a command (exit status 1), such as a missing input file."""
 
 
 def _version(value: bool) -> None:
@@ -85,13 +84,13 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
             matches = sorted(glob.glob(pattern, recursive=True))
             if not matches:
                 msg = f"no files match {pattern!r}"
-                raise UsageFailure(msg)
+                raise CliUsageError(msg)
             for m in matches:
                 if Path(m).is_file():
                     add(Path(m))
         else:
             msg = f"{pattern}: no such file or folder"
-            raise UsageFailure(msg)
+            raise CliUsageError(msg)
     return out
 
 
@@ -143,13 +142,13 @@ def inspect_cmd(
     inputs = expand_inputs(paths)
     if not inputs:
         msg = "no image files found in the given paths"
-        raise UsageFailure(msg)
+        raise CliUsageError(msg)
     if backend not in ("torch", "openvino", "onnxruntime", "auto"):
         msg = f"--backend must be torch, openvino, onnxruntime or auto, not {backend!r}"
-        raise UsageFailure(msg)
+        raise CliUsageError(msg)
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         msg = f"--precision must be auto, fp32, bf16 or fp16, not {precision!r}"
-        raise UsageFailure(msg)
+        raise CliUsageError(msg)
     try:
         inspector = Inspector.from_checkpoint(
             model,
@@ -163,10 +162,10 @@ def inspect_cmd(
             lines=settings.lines,
         )
     except DefectscanError as exc:
-        raise UsageFailure(str(exc)) from exc
+        raise CliUsageError(str(exc)) from exc
     names = _output_names(inputs)
     records = [ImageRecord.from_path(p, camera=camera, line=line) for p in inputs]
-    saver = _ResultSaver(settings.database_url, inspector) if store else None
+    writer = _open_writer(settings.database_url, inspector) if store else None
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     n_rejected = 0
@@ -180,15 +179,20 @@ def inspect_cmd(
             mask_path, overlay_path = _write_outputs(result, out, names[path], inspector)
             row["mask"], row["overlay"] = str(mask_path), str(overlay_path)
         result.image = None
-        if saver is not None:
-            saver.add(result, mask_path, overlay_path)
+        if writer is not None:
+            writer.add(
+                result.to_store_record(
+                    mask_path=str(mask_path) if mask_path else None,
+                    overlay_path=str(overlay_path) if overlay_path else None,
+                )
+            )
         n_rejected += result.status == "rejected"
         if as_json:
             sys.stdout.write(json.dumps(row) + "\n")
             sys.stdout.flush()
         rows.append(row)
-    if saver is not None:
-        saver.close()
+    if writer is not None:
+        writer.flush()
     elapsed = time.perf_counter() - started
     if not as_json:
         _print_table(rows, elapsed)
@@ -209,56 +213,72 @@ def _write_outputs(result: Any, out: Path, stem: str, inspector: Any) -> tuple[P
     return mask_path, overlay_path
 
 
-class _ResultSaver:
-    """Buffers results and writes them to the results database in batches."""
+@app.command("demo")
+def demo_cmd(
+    workdir: Annotated[Path, typer.Option(help="Where data, model and outputs go.")] = Path(
+        "var/demo"
+    ),
+    images: Annotated[int, typer.Option(min=1, help="Parts the camera drops.")] = 12,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (first run only).")] = 12,
+    retrain: Annotated[bool, typer.Option(help="Train again even if a model exists.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Run the main job end to end on synthetic parts: train, inspect, store in SQLite."""
+    from defectscan.config import get_settings
+    from defectscan.demo import run_demo
 
-    def __init__(self, url: str, inspector: Any, batch: int = 64) -> None:
-        from defectscan.store import db, repository
-
-        self._repo = repository
-        db.upgrade_to_head(url)
-        self._engine = db.make_engine(url)
-        self._sessions = db.session_factory(self._engine)
-        self._batch = batch
-        self._pending: list[Any] = []
-        spec = inspector.spec
-        with self._sessions.begin() as session:
-            repository.ensure_model_version(
-                session=session,
-                version=inspector.model_version,
-                sha256=inspector.model_version.rsplit("-", 1)[-1],
-                name=spec.name,
-                checkpoint_path=None,
-                spec=spec.to_dict(),
-                activation=spec.activation,
-                class_names=list(spec.class_names),
-            )
-
-    def add(self, result: Any, mask_path: Path | None, overlay_path: Path | None) -> None:
-        self._pending.append(
-            result.to_store_record(
-                mask_path=str(mask_path) if mask_path else None,
-                overlay_path=str(overlay_path) if overlay_path else None,
-            )
+    settings = get_settings()
+    with console.status("demo") as status:
+        summary = run_demo(
+            workdir,
+            database_url=settings.database_url,
+            images=images,
+            epochs=epochs,
+            retrain=retrain,
+            device=device,
+            say=lambda m: (console.log(m), status.update(m)) and None,
         )
-        if len(self._pending) >= self._batch:
-            self.flush()
+    table = Table(title="defectscan demo", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("model", f"{summary.model_version} ({summary.model_path})")
+    if summary.trained:
+        table.add_row("training", f"{summary.train_seconds:.1f} s")
+    for name, iou in summary.val_iou.items():
+        table.add_row(f"val IoU {name}", "-" if iou is None else f"{iou:.3f}")
+    table.add_row(
+        "inspected",
+        f"{summary.images} parts in {summary.inspect_seconds:.2f} s "
+        f"({summary.images / summary.inspect_seconds:.2f} parts/s)",
+    )
+    table.add_row("verdicts", ", ".join(f"{n} {v}" for v, n in sorted(summary.verdicts.items())))
+    table.add_row(
+        "defects",
+        ", ".join(f"{n} {c}" for c, n in summary.defects_by_class.most_common()) or "none",
+    )
+    table.add_row("defective parts caught", f"{summary.image_recall:.0%}")
+    table.add_row("good parts rejected", f"{summary.false_reject_rate:.0%}")
+    table.add_row("database", f"{summary.database_url} ({summary.rows_in_database} rows)")
+    table.add_row("report", str(summary.report_path))
+    console.print(table)
 
-    def flush(self) -> None:
-        if self._pending:
-            with self._sessions.begin() as session:
-                self._repo.save_inspections(self._pending, session=session)
-            self._pending.clear()
 
-    def close(self) -> None:
-        self.flush()
-        self._engine.dispose()
+def _open_writer(url: str, inspector: Any) -> Any:
+    from defectscan.store.db import make_engine, upgrade_to_head
+    from defectscan.store.writer import ResultWriter
+
+    upgrade_to_head(url)
+    writer = ResultWriter(make_engine(url))
+    writer.register_model(**inspector.model_registration())
+    return writer
 
 
 def _print_table(rows: list[dict[str, Any]], elapsed: float) -> None:
     table = Table(title="defectscan inspect", show_lines=False)
-    for col in ("image", "status", "verdict", "defects", "ms"):
-        table.add_column(col, justify="right" if col == "ms" else "left")
+    table.add_column("image", overflow="fold")
+    for col in ("status", "verdict", "defects"):
+        table.add_column(col, overflow="fold")
+    table.add_column("ms", justify="right")
     verdicts: Counter[str] = Counter()
     for r in rows:
         counts = Counter(d["class"] for d in r["defects"])
@@ -299,13 +319,20 @@ def main() -> None:
     _register_subcommands()
     try:
         rv = app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except CliUsageError as exc:
+        err_console.print(f"[red]usage error[/]: {exc}")
+        sys.exit(1)
+    except typer.TyperException as exc:  # typer's own usage errors (missing option, bad value)
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            err_console.print(f"[red]usage error[/]: {exc}")
         sys.exit(1)
     except DefectscanError as exc:
         err_console.print(f"[red]error[/]: {exc}")

@@ -186,10 +186,12 @@ class Inspector:
         max_pixels: int = 80_000_000,
         lines: dict[str, LineConfig] | None = None,
         prefetch: int = 2,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self.backend = backend
         self.spec = spec
         self.model_version = model_version
+        self.checkpoint = checkpoint
         self.tile = tile_size or spec.tile_size
         self.overlap = spec.tile_overlap if overlap is None else overlap
         if not 0 <= self.overlap < self.tile:
@@ -228,7 +230,27 @@ class Inspector:
             device=device,
             precision=precision,
         )
-        return cls(engine, ckpt.spec, model_version=ckpt.version, tile_size=tile, **kwargs)
+        return cls(
+            engine,
+            ckpt.spec,
+            model_version=ckpt.version,
+            tile_size=tile,
+            checkpoint=ckpt,
+            **kwargs,
+        )
+
+    def model_registration(self) -> dict[str, Any]:
+        """Arguments for registering this model version in the results store."""
+        ckpt = self.checkpoint
+        return {
+            "version": self.model_version,
+            "sha256": ckpt.sha256 if ckpt else sha256_bytes(self.model_version.encode()),
+            "name": self.spec.name,
+            "checkpoint_path": str(ckpt.path) if ckpt and ckpt.path else None,
+            "spec": self.spec.to_dict(),
+            "activation": self.spec.activation,
+            "class_names": list(self.spec.class_names),
+        }
 
     def postprocess_config(self, line: str | None) -> PostprocessConfig:
         """The post-processing rules for a production line (the model's defaults if unknown)."""
