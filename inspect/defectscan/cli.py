@@ -229,6 +229,11 @@ def demo_cmd(
 
     settings = get_settings()
     with console.status("demo") as status:
+
+        def say(message: str) -> None:
+            console.log(message)
+            status.update(message)
+
         summary = run_demo(
             workdir,
             database_url=settings.database_url,
@@ -236,7 +241,7 @@ def demo_cmd(
             epochs=epochs,
             retrain=retrain,
             device=device,
-            say=lambda m: (console.log(m), status.update(m)) and None,
+            say=say,
         )
     table = Table(title="defectscan demo", show_header=False)
     table.add_column("what")

@@ -70,7 +70,7 @@ def run_demo(
     if retrain or not model_path.is_file():
         say("training a small UNet on it (CPU: about a minute or two)")
         t0 = time.perf_counter()
-        result = train(
+        trained_run = train(
             TrainConfig(
                 data=data,
                 out=model_path,
@@ -91,7 +91,7 @@ def run_demo(
         )
         train_s = time.perf_counter() - t0
         trained = True
-        val_iou = {k: v.get("iou") for k, v in result.report.per_class.items()}
+        val_iou = {k: v.get("iou") for k, v in trained_run.report.per_class.items()}
     else:
         say(f"reusing {model_path} (pass --retrain to train again)")
         val_iou = {}
@@ -132,7 +132,9 @@ def run_demo(
     t0 = time.perf_counter()
     records = [ImageRecord.from_path(p, camera="cam-1", line="demo") for p in paths]
     for result in inspector.inspect(records, keep_images=True):
-        assert result.class_map is not None
+        if result.class_map is None or result.image is None:
+            msg = f"demo image {result.record.id} was rejected: {result.error_message}"
+            raise RuntimeError(msg)
         stem = Path(result.record.id).stem
         mask = write_mask(out / f"{stem}.mask.png", result.class_map)
         picture = overlay(
