@@ -25,8 +25,8 @@ services:
 	bash .ci/services.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff format --check inspect tests benchmarks migrations flows
-	$(VENV)/bin/ruff check inspect tests benchmarks migrations flows
+	$(VENV)/bin/ruff format --check inspect tests benchmarks migrations
+	$(VENV)/bin/ruff check inspect tests benchmarks migrations
 	$(VENV)/bin/mypy
 
 test: $(STAMP)

@@ -125,9 +125,7 @@ class ModelSpec:
             raise CheckpointError(msg)
         for key in ("class_names", "thresholds", "min_area", "mean", "std", "mask_values"):
             if key in data and data[key] is not None:
-                data[key] = tuple(
-                    tuple(v) if isinstance(v, list) else v for v in data[key]
-                )
+                data[key] = tuple(tuple(v) if isinstance(v, list) else v for v in data[key])
         try:
             return cls(**data)
         except TypeError as exc:
