@@ -315,7 +315,8 @@ class Inspector:
         sha = ""
         try:
             data = record.read()
-            sha = sha256_bytes(data)
+            if data:
+                sha = sha256_bytes(data)
             image = decode(data, max_pixels=self.max_pixels)
             tensor = to_model_input(
                 image,
@@ -328,7 +329,9 @@ class Inspector:
             log.warning("rejected %s: %s", record.uri, exc)
             return InspectionResult(
                 record=record,
-                sha256=sha or sha256_bytes(b""),
+                # No bytes to hash (empty or unreadable): key the row on the source instead, so
+                # that distinct empty files stay distinct rows and a retry stays one row.
+                sha256=sha or sha256_bytes(f"no-bytes:{record.uri}".encode()),
                 model_version=self.model_version,
                 status="rejected",
                 error_kind=exc.kind,

@@ -82,6 +82,9 @@ def test_many_frames_batch_across_images_keep_order_and_reject_bad_input() -> No
     assert results[2].error_kind == "not_an_image"
     assert results[4].error_kind == "empty"
     assert results[2].model_version == "oracle-1"
+    # rows of byte-less rejects are keyed on their source: two empty files are two rows
+    empty_again = next(_inspector().inspect([_record("empty2", b"")]))
+    assert empty_again.sha256 != results[4].sha256
     for r, f in zip((results[0], results[1], results[3]), frames, strict=True):
         np.testing.assert_array_equal(r.class_map, f.truth)
     assert [d.bbox for d in results[0].defects] == [(5, 5, 6, 7)]
