@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "DatasetError",
     "DefectscanError",
     "EmptyImageError",
     "ImageDecodeError",
@@ -99,3 +100,9 @@ class SourceError(DefectscanError):
     """An image source (folder, Redis stream) cannot deliver or settle a message."""
 
     kind = "source"
+
+
+class DatasetError(DefectscanError):
+    """A training dataset (folder layout, image/mask pair, mask values) cannot be used."""
+
+    kind = "dataset"

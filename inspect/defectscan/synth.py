@@ -269,7 +269,8 @@ def write_dataset(
     """Write ``n`` samples to ``root`` and return the image paths in order.
 
     ``images-masks``: ``root/images/<stem><ext>`` + ``root/masks/<stem>.png`` (class indices,
-    or 0/255 with ``binary``). ``class-folders``: ``root/<class>/Imgs/<stem><ext>`` + a 0/255
+    or 0/255 with ``binary``) + ``root/classes.txt`` (names in index order).
+    ``class-folders``: ``root/<class>/Imgs/<stem><ext>`` + a 0/255
     ``<stem>.png`` mask, one defect class per image, every ``len(kinds)+1``-th image defect-free
     in ``root/free`` (the Magnetic Tile layout). ``ext`` defaults to ``.png`` for images-masks and
     ``.jpg`` for class-folders (there the image and its ``.png`` mask share a folder and a stem).
@@ -296,6 +297,8 @@ def write_dataset(
             mask = s.binary_mask() * np.uint8(255) if binary else s.mask
             _imwrite(root / "masks" / f"{stem}.png", mask)
             paths.append(img_path)
+        # Class names in index order, so a loader maps mask values to names without guessing.
+        (root / "classes.txt").write_text("defect\n" if binary else "\n".join(CLASSES) + "\n")
         return paths
     if layout != "class-folders":
         msg = f"layout must be 'images-masks' or 'class-folders', got {layout!r}"

@@ -1,0 +1,396 @@
+"""CLI commands for training and the model registry: ``train``, ``eval``, ``models``, ``review``.
+
+Heavy imports (torch, the training loop) happen inside the commands, so ``defectscan --help``
+stays fast. The database URL comes from Settings (``DEFECTSCAN_DATABASE_URL``; default a SQLite
+file under ``var/``) and is migrated to head before use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+__all__ = ["register"]
+
+logger = logging.getLogger(__name__)
+console = Console()
+err_console = Console(stderr=True)
+
+LayoutOpt = Annotated[
+    str,
+    typer.Option("--layout", help="auto, images-masks or class-folders (Magnetic Tile style)."),
+]
+DbUrlOpt = Annotated[
+    str | None, typer.Option("--db", help="Database URL (default: DEFECTSCAN_DATABASE_URL).")
+]
+
+
+@contextmanager
+def _session(url: str | None) -> Iterator[Any]:
+    """One committed transaction on the migrated database."""
+    from defectscan.config import get_settings
+    from defectscan.store import make_engine, session_factory, upgrade_to_head
+
+    resolved = url or get_settings().database_url
+    upgrade_to_head(resolved)
+    engine = make_engine(resolved)
+    try:
+        with session_factory(engine, write=True)() as session, session.begin():
+            yield session
+    finally:
+        engine.dispose()
+
+
+def _check_layout(layout: str) -> Literal["auto", "images-masks", "class-folders"]:
+    if layout not in ("auto", "images-masks", "class-folders"):
+        msg = f"--layout must be auto, images-masks or class-folders, got {layout!r}"
+        raise typer.BadParameter(msg)
+    return layout  # type: ignore[return-value]
+
+
+def train_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors).")],
+    layout: LayoutOpt = "auto",
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 20,
+    width: Annotated[int, typer.Option("--width", min=1, help="UNet base width (seed: 64).")] = 16,
+    tile_size: Annotated[int, typer.Option("--tile-size", min=16)] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    mode: Annotated[str, typer.Option("--mode", help="auto, binary or multiclass.")] = "auto",
+    lr: Annotated[float, typer.Option("--lr")] = 2e-3,
+    val_fraction: Annotated[float, typer.Option("--val-fraction")] = 0.2,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto, fp32, bf16, fp16.")] = "auto",
+    patience: Annotated[int, typer.Option("--patience", min=1)] = 6,
+    neg_per_pos: Annotated[
+        float | None,
+        typer.Option("--neg-per-pos", help="Defect-free images per defect image per epoch."),
+    ] = None,
+    samples_per_epoch: Annotated[int | None, typer.Option("--samples-per-epoch", min=1)] = None,
+    name: Annotated[str, typer.Option("--name", help="Model name in the registry.")] = "unet",
+    parent: Annotated[str | None, typer.Option("--parent", help="Parent model version.")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume")] = True,
+    do_register: Annotated[
+        bool, typer.Option("--register/--no-register", help="Register as a candidate.")
+    ] = True,
+    db: DbUrlOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train a UNet on a dataset folder, write a checkpoint, register it as a candidate."""
+    from defectscan.training.train import TrainConfig, TrainProgress, train
+
+    config = TrainConfig(
+        data=data,
+        out=out,
+        layout=_check_layout(layout),
+        mode=mode,
+        epochs=epochs,
+        base_width=width,
+        tile_size=tile_size,
+        batch_size=batch_size,
+        lr=lr,
+        val_fraction=val_fraction,
+        seed=seed,
+        device=device,
+        precision=precision,
+        patience=patience,
+        neg_per_pos=neg_per_pos,
+        samples_per_epoch=samples_per_epoch,
+        name=name,
+        resume=resume,
+    )
+    run_id: int | None = None
+    if do_register:
+        from defectscan.store import create_training_run
+
+        with _session(db) as session:
+            run = create_training_run(
+                session=session,
+                trigger="cli",
+                params=json.loads(config.model_dump_json()),
+                status="running",
+            )
+            run_id = run.id
+        config = config.model_copy(update={"training_run": str(run_id)})
+
+    columns = (
+        TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("best IoU {task.fields[best]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, disable=as_json) as bar:
+        task = bar.add_task("train", total=None, epoch=0, epochs=epochs, loss="-", best="-")
+
+        def on_progress(p: TrainProgress) -> None:
+            best = f"{p.best_score:.3f}" if p.best_score is not None else "-"
+            if p.phase == "step":
+                bar.update(
+                    task,
+                    completed=p.step,
+                    total=p.steps,
+                    epoch=p.epoch + 1,
+                    loss=f"{p.loss:.4f}" if p.loss is not None else "-",
+                    best=best,
+                )
+            elif p.phase == "epoch":
+                iou = p.metrics.get("mean_iou")
+                bar.console.print(
+                    f"epoch {p.epoch + 1}/{p.epochs}: loss {p.loss:.4f}, val mean IoU "
+                    f"{iou if iou is None else round(iou, 4)}, best {best} "
+                    f"({p.elapsed_s:.0f} s){' - ' + p.message if p.message else ''}"
+                )
+
+        try:
+            result = train(config, progress=on_progress, parent_version=parent)
+        except BaseException as exc:
+            if run_id is not None:
+                from defectscan.store import finish_training_run
+
+                with _session(db) as session:
+                    finish_training_run(
+                        run_id,
+                        session=session,
+                        status="cancelled" if isinstance(exc, KeyboardInterrupt) else "failed",
+                        error=str(exc)[:2000],
+                    )
+            raise
+
+    version_status = None
+    if do_register and run_id is not None:
+        from defectscan.store import finish_training_run
+        from defectscan.training.registry import register_checkpoint
+
+        with _session(db) as session:
+            mv = register_checkpoint(
+                result.checkpoint_path,
+                session=session,
+                parent_version=parent,
+                training_run_id=run_id,
+                dataset_fingerprint=result.dataset_fingerprint,
+            )
+            version_status = mv.status
+            finish_training_run(
+                run_id,
+                session=session,
+                status="succeeded",
+                metrics=result.best_metrics,
+                dataset_stats={
+                    "fingerprint": result.dataset_fingerprint,
+                    "n_train": result.n_train,
+                    "n_val": result.n_val,
+                },
+            )
+    summary = {
+        "checkpoint": str(result.checkpoint_path),
+        "version": result.version,
+        "status": version_status,
+        "training_run": run_id,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "wall_s": round(result.wall_s, 1),
+        "thresholds": list(result.spec.thresholds),
+        "metrics": result.report.to_dict(),
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    _print_report(result.report.to_dict(), title=f"{result.version} on the validation split")
+    console.print(
+        f"wrote {result.checkpoint_path} ({result.version}) in {result.wall_s:.0f} s"
+        + (f"; registered as {version_status}" if version_status else "")
+    )
+
+
+def _print_report(d: dict[str, Any], *, title: str) -> None:
+    table = Table(title=title)
+    for col in ("class", "IoU", "Dice", "IoU/img", "Dice/img", "best thr"):
+        table.add_column(col)
+
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    for name, row in d["per_class"].items():
+        table.add_row(
+            name,
+            f(row["iou"]),
+            f(row["dice"]),
+            f(row["iou_per_image"]),
+            f(row["dice_per_image"]),
+            f(row["best_threshold"]),
+        )
+    console.print(table)
+    console.print(
+        f"mean IoU {f(d['mean_iou'])}, mean Dice {f(d['mean_dice'])}, pixel AUROC "
+        f"{f(d['pixel_auroc'])}, image recall {f(d['image_recall'])}, false-reject rate "
+        f"{f(d['false_reject_rate'])} ({d['n_images']} images, {d['n_defective_images']} defective)"
+    )
+
+
+def eval_cmd(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint file.")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder.")],
+    layout: LayoutOpt = "auto",
+    split: Annotated[
+        str, typer.Option("--split", help="all, or val: the split held out in training.")
+    ] = "all",
+    device: Annotated[str, typer.Option("--device")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Score a checkpoint on a dataset: per-class IoU/Dice (pooled), image recall, false rejects."""
+    from defectscan.model.checkpoint import load_checkpoint
+    from defectscan.training.train import evaluate_dataset
+
+    if split not in ("all", "val"):
+        msg = f"--split must be all or val, got {split!r}"
+        raise typer.BadParameter(msg)
+    ckpt = load_checkpoint(model)
+    report = evaluate_dataset(
+        ckpt,
+        data,
+        layout=_check_layout(layout),
+        split="val" if split == "val" else "all",
+        device=device,
+    )
+    d = {"model": str(model), "version": ckpt.version, "split": split, **report.to_dict()}
+    if as_json:
+        typer.echo(json.dumps(d))
+        return
+    _print_report(d, title=f"{ckpt.version} on {data} ({split})")
+
+
+models_app = typer.Typer(no_args_is_help=True, help="Model registry: list, promote, rollback.")
+
+
+@models_app.command("list")
+def models_list(
+    db: DbUrlOpt = None,
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Registered model versions, newest first."""
+    from defectscan.store import list_model_versions
+
+    with _session(db) as session:
+        rows: list[dict[str, Any]] = [
+            {
+                "version": mv.version,
+                "name": mv.name,
+                "status": mv.status,
+                "activation": mv.activation,
+                "classes": mv.class_names,
+                "mean_iou": (mv.metrics or {}).get("mean_iou"),
+                "parent": mv.parent.version if mv.parent else None,
+                "training_run": mv.training_run_id,
+                "dataset": (mv.dataset_fingerprint or "")[:12] or None,
+                "created_at": mv.created_at.isoformat() if mv.created_at else None,
+                "checkpoint": mv.checkpoint_path,
+            }
+            for mv in list_model_versions(session=session, name=name)
+        ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table(title="model versions")
+    for col in ("version", "status", "activation", "val mean IoU", "parent", "run", "dataset"):
+        table.add_column(col)
+    for r in rows:
+        iou = r["mean_iou"]
+        table.add_row(
+            r["version"],
+            r["status"],
+            r["activation"],
+            "-" if iou is None else f"{iou:.4f}",
+            r["parent"] or "-",
+            str(r["training_run"] or "-"),
+            r["dataset"] or "-",
+        )
+    console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="Model version to promote.")],
+    holdout: Annotated[
+        Path | None, typer.Option("--holdout", help="Score both models on this dataset folder.")
+    ] = None,
+    metric: Annotated[str, typer.Option("--metric")] = "mean_iou",
+    margin: Annotated[float, typer.Option("--margin")] = 0.01,
+    force: Annotated[
+        bool, typer.Option("--force", help="Skip the gate (operator decision).")
+    ] = False,
+    db: DbUrlOpt = None,
+) -> None:
+    """Promote a candidate to champion if it beats the champion on a holdout by a margin."""
+    from defectscan.training.registry import promote
+
+    with _session(db) as session:
+        d = promote(
+            version, session=session, holdout=holdout, metric=metric, margin=margin, force=force
+        )
+    if d.promoted:
+        console.print(f"[green]{d.challenger} is now champion[/] ({d.reason})")
+    else:
+        console.print(f"[yellow]{d.challenger} stays a candidate[/]: {d.reason}")
+        raise typer.Exit(3)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    db: DbUrlOpt = None,
+) -> None:
+    """Retire the current champion and bring back the previous one."""
+    from defectscan.training.registry import rollback
+
+    with _session(db) as session:
+        old, new = rollback(session=session, name=name)
+        console.print(f"rolled back: {old.version} retired, {new.version} is champion again")
+
+
+def review_cmd(
+    inspection: Annotated[int, typer.Argument(help="Inspection id.")],
+    verdict: Annotated[
+        str,
+        typer.Option(
+            "--verdict",
+            help="confirm (the result is right) or reject (it is wrong; give --mask to correct).",
+        ),
+    ],
+    mask: Annotated[
+        Path | None, typer.Option("--mask", help="Corrected mask (PNG, class indices or 0/255).")
+    ] = None,
+    operator: Annotated[str | None, typer.Option("--by", help="Operator name.")] = None,
+    note: Annotated[str | None, typer.Option("--note")] = None,
+    db: DbUrlOpt = None,
+) -> None:
+    """Record an operator's review of an inspection; it becomes training data for the next run."""
+    from defectscan.training.reviews import record_review
+
+    with _session(db) as session:
+        review = record_review(
+            inspection, verdict, session=session, mask=mask, operator=operator, note=note
+        )
+        console.print(f"review {review.id} recorded for inspection {inspection} ({verdict})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train``, ``eval``, ``review`` and ``models`` to ``app``."""
+    app.command("train")(train_cmd)
+    app.command("eval")(eval_cmd)
+    app.command("review")(review_cmd)
+    app.add_typer(models_app, name="models")
