@@ -1020,7 +1020,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from rich.console import Console
 
     cfg = config_from_args(build_parser().parse_args(argv))
-    err = Console(stderr=True)
+    err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=160)
 
     def log(message: str) -> None:
         err.log(message)

@@ -7,6 +7,7 @@ a rate and that the exported engines compute what eager PyTorch computes.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,9 @@ def test_quick_engines_run_writes_every_row_and_engines_match_torch(tmp_path: Pa
         text=True,
         timeout=60,
         check=False,
+        # Passive OpenMP waits: on a busy 2-core box torch's spinning threads would otherwise
+        # stall at every operator (nothing is timed here, only that every row is produced).
+        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = json.loads(out.read_text())
@@ -49,6 +53,8 @@ def test_quick_engines_run_writes_every_row_and_engines_match_torch(tmp_path: Pa
     assert payload["pipeline"] == []
     assert payload["store"] == []
     assert payload["machine"]["torch_threads"] >= 1
+    # the conditions that change the figures are recorded with them
+    assert payload["machine"]["threading_env"]["OMP_WAIT_POLICY"] == "PASSIVE"
     rows = {r["name"]: r for r in payload["engines"]}
     # auto precision is named for what it resolves to: bf16 where the CPU has it, else fp32
     if "torch-auto-b8" in rows:
