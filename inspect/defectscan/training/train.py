@@ -387,7 +387,12 @@ def _compat_key(config: TrainConfig, spec: ModelSpec, fingerprint: str) -> str:
     return json.dumps(
         {
             "fingerprint": fingerprint,
-            "spec": {k: v for k, v in spec.to_dict().items() if k not in ("metrics", "thresholds")},
+            # Not the run id or the thresholds: a resumed run is a new run of the same training.
+            "spec": {
+                k: v
+                for k, v in spec.to_dict().items()
+                if k not in ("metrics", "thresholds", "training_run")
+            },
             "batch_size": config.batch_size,
             "seed": config.seed,
             "val_fraction": config.val_fraction,
