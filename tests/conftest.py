@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,6 +36,12 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     if not getattr(config.option, "pytest_alembic_tests_path", None):
         config.option.pytest_alembic_tests_path = "tests/.pytest-alembic-builtins-disabled"
+
+
+# CI must not be flaky: the same examples every run there (a local run explores new ones).
+hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI") == "true":
+    hypothesis_settings.load_profile("ci")
 
 
 PG_ADMIN_URL_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -181,11 +181,12 @@ def test_blend_window_is_positive_flat_inside_and_symmetric(tile: int, overlap: 
 @given(_grids(max_size=300), st.floats(-5.0, 5.0, allow_nan=False, width=32))
 def test_constant_tiles_stitch_to_exactly_that_constant(grid: TileGrid, value: float) -> None:
     # Proves the normalisation: no fading at frame borders, no seams, for every grid.
+    # float32 weighted sums over up to (tile / stride)^2 overlapping tiles: a few ulp per term.
     outputs = [np.full((2, grid.tile, grid.tile), value, np.float32)] * grid.n_tiles
     out = _stitch(grid, outputs)
     assert out.shape == (2, grid.height, grid.width)
     assert out.flags.c_contiguous
-    np.testing.assert_allclose(out, value, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out, value, rtol=2e-5, atol=2e-5)
 
 
 def _smooth(y: np.ndarray, x: np.ndarray) -> np.ndarray:
