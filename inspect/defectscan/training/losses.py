@@ -89,11 +89,20 @@ def check_target(logits: torch.Tensor, target: torch.Tensor, activation: Activat
 
 
 def dice_loss(probs: torch.Tensor, onehot: torch.Tensor, *, smooth: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice per channel, pooled over batch and pixels, averaged over channels."""
+    """1 - soft Dice per channel, pooled over batch and pixels, averaged over present channels.
+
+    Channels absent from the batch's target are left out of the mean when any channel is
+    present: with many classes most are absent from a batch of crops, and their Dice term
+    (which only says "predict nothing") would otherwise swamp the classes that are there.
+    """
     dims = (0, 2, 3)
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
-    return (1.0 - (2.0 * inter + smooth) / (denom + smooth)).mean()
+    per_channel = 1.0 - (2.0 * inter + smooth) / (denom + smooth)
+    present = onehot.sum(dims) > 0
+    if bool(present.any()):
+        return per_channel[present].mean()
+    return per_channel.mean()
 
 
 class SegmentationLoss(nn.Module):
