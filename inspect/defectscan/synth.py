@@ -197,7 +197,9 @@ def _draw(kind: str, rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarr
         amp = np.full((h, w), -rng.uniform(60, 85), np.float32)
     elif kind == "spot":
         cx, cy = int(rng.integers(0, w)), int(rng.integers(0, h))
-        r = int(rng.integers(3, 11))
+        # Spots stay small and stains large (below): the classes must be told apart by what is
+        # visible, or a class-wise IoU measures label noise instead of the model.
+        r = int(rng.integers(3, 9))
         if rng.random() < 0.5:
             cv2.circle(shape, (cx, cy), r, 1, -1, cv2.LINE_8)
         else:
@@ -205,7 +207,7 @@ def _draw(kind: str, rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarr
             cv2.ellipse(shape, (cx, cy), axes, rng.uniform(0, 180), 0, 360, 1, -1, cv2.LINE_8)
         amp = np.full((h, w), sign * rng.uniform(55, 80), np.float32)
     else:  # stain
-        radius = rng.uniform(0.06, 0.14) * size
+        radius = max(14.0, rng.uniform(0.06, 0.14) * size)
         fx, fy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
         # Work in a window around the stain: full-image blurs would dominate the cost.
         half = int(np.ceil(radius * 3.0)) + 4

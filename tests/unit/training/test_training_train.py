@@ -74,15 +74,23 @@ def test_binary_sigmoid_training_reaches_iou_08(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_multiclass_softmax_training_reaches_iou_08(tmp_path: Path) -> None:
-    data = _easy(tmp_path, binary=False)
-    result = train(_config(data, tmp_path / "m.safetensors"))
+    # Two classes told apart by size (small spots, large stains). A class-wise IoU needs more
+    # examples than the binary task (120 images, 22 short epochs: about 45 s on 2 cores), and
+    # the rare small spots need a class weight, as tiny real defects do.
+    data = _easy(tmp_path, binary=False, n=120)
+    cfg = _config(
+        data,
+        tmp_path / "m.safetensors",
+        epochs=22,
+        samples_per_epoch=192,
+        tile_size=96,
+        class_weights=(0.5, 4.0, 1.0),
+    )
+    result = train(cfg)
     assert result.spec.activation == "softmax"
     assert result.spec.n_classes == 3  # background, spot, stain
-    # KNOWN GAP: the acceptance bar is IoU >= 0.8 per class; in this budget the softmax run
-    # reaches about 0.6 (spots and stains overlap in size and get confused). Kept at a bar it
-    # meets so the suite stays green; see the training report to the lead.
     for cls in ("spot", "stain"):
-        assert result.best_metrics[f"iou/{cls}"] >= 0.5, result.history
+        assert result.best_metrics[f"iou/{cls}"] >= 0.8, result.history
 
 
 def test_interrupted_training_resumes_where_it_stopped(tmp_path: Path) -> None:
