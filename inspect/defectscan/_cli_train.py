@@ -57,6 +57,16 @@ def _check_layout(layout: str) -> Literal["auto", "images-masks", "class-folders
     return layout  # type: ignore[return-value]
 
 
+def _parse_weights(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        msg = f"--class-weights takes comma-separated numbers, got {text!r}"
+        raise typer.BadParameter(msg) from None
+
+
 def train_cmd(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors).")],
@@ -77,6 +87,21 @@ def train_cmd(
         typer.Option("--neg-per-pos", help="Defect-free images per defect image per epoch."),
     ] = None,
     samples_per_epoch: Annotated[int | None, typer.Option("--samples-per-epoch", min=1)] = None,
+    class_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--class-weights",
+            help="Comma-separated loss weight per output channel (softmax: background first); "
+            "raise rare, tiny defect classes.",
+        ),
+    ] = None,
+    focal_gamma: Annotated[
+        float | None, typer.Option("--focal-gamma", min=0, help="Focal loss instead of CE/BCE.")
+    ] = None,
+    defect_crop_p: Annotated[
+        float,
+        typer.Option("--defect-crop-p", min=0, max=1, help="Share of crops centred on a defect."),
+    ] = 0.5,
     name: Annotated[str, typer.Option("--name", help="Model name in the registry.")] = "unet",
     parent: Annotated[str | None, typer.Option("--parent", help="Parent model version.")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume")] = True,
@@ -106,6 +131,9 @@ def train_cmd(
         patience=patience,
         neg_per_pos=neg_per_pos,
         samples_per_epoch=samples_per_epoch,
+        class_weights=_parse_weights(class_weights),
+        focal_gamma=focal_gamma,
+        defect_crop_p=defect_crop_p,
         name=name,
         resume=resume,
     )
