@@ -35,6 +35,7 @@ __all__ = [
     "Precision",
     "TorchBackend",
     "WithActivation",
+    "autocast_dtype",
     "cpu_supports_bf16",
     "fold_batchnorm",
     "make_backend",
@@ -98,7 +99,8 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def _resolve_precision(precision: Precision, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None = fp32, no autocast)."""
     if precision == "fp32":
         return None
     if precision == "auto":
@@ -152,7 +154,7 @@ class TorchBackend:
     ) -> None:
         self._device = resolve_device(device)
         self.device = str(self._device)
-        self.dtype = _resolve_precision(precision, self._device)
+        self.dtype = autocast_dtype(precision, self._device)
         net = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
         self.module = WithActivation(net, activation).eval().to(self._device)
         self.channels_last = channels_last

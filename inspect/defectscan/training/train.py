@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from defectscan.errors import ConfigError, DatasetError
 from defectscan.imaging import DEFAULT_MAX_PIXELS, to_model_input
+from defectscan.model.backends import autocast_dtype, resolve_device
 from defectscan.model.checkpoint import build_model, save_checkpoint
 from defectscan.model.spec import Activation, ChannelOrder, ModelSpec
 from defectscan.training.augment import build_train_transform, build_val_transform
@@ -58,7 +59,6 @@ __all__ = [
     "TrainResult",
     "evaluate_dataset",
     "evaluate_model",
-    "select_device",
     "state_path",
     "train",
 ]
@@ -156,41 +156,6 @@ ProgressFn = Callable[[TrainProgress], None]
 def state_path(out: Path) -> Path:
     """Where the resumable training state of ``out`` lives."""
     return Path(out).with_name(Path(out).name + ".state.pt")
-
-
-def select_device(device: str = "auto") -> torch.device:
-    """``auto``: CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        msg = f"unknown device {device!r}: use auto, cpu or cuda[:N]"
-        raise ConfigError(msg) from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        msg = "device cuda requested but no CUDA device is available; use --device cpu"
-        raise ConfigError(msg)
-    return dev
-
-
-def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if device.type == "cpu":
-        supported = bool(
-            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-        )
-        if precision == "fp16":
-            msg = "fp16 autocast is for CUDA; use bf16 or fp32 on CPU"
-            raise ConfigError(msg)
-        if precision == "bf16" or supported:
-            return torch.bfloat16
-        return None
-    if precision == "fp16":
-        return torch.float16
-    if precision == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
 
 
 class _Frames:
@@ -357,7 +322,7 @@ def evaluate_dataset(
         frac = val_fraction if val_fraction is not None else spec.metrics.get("val_fraction", 0.2)
         sd = seed if seed is not None else spec.metrics.get("split_seed", 0)
         samples = split_dataset(index, val_fraction=float(frac), seed=int(sd))[1]
-    dev = select_device(device)
+    dev = resolve_device(device)
     frames = _Frames(
         samples,
         n_classes=len(index.class_names),
@@ -369,7 +334,7 @@ def evaluate_dataset(
     model = checkpoint.model.to(dev)
     model.to(memory_format=torch.channels_last)
     report, _ = evaluate_model(
-        model, spec, frames, device=dev, autocast_dtype=_autocast_dtype(dev, precision)
+        model, spec, frames, device=dev, autocast_dtype=autocast_dtype(precision, dev)
     )
     return report
 
@@ -450,8 +415,8 @@ def train(
         msg = f"--out must end in .safetensors (the product's checkpoint format), got {out.name!r}"
         raise ConfigError(msg)
     torch.manual_seed(config.seed)
-    device = select_device(config.device)
-    amp_dtype = _autocast_dtype(device, config.precision)
+    device = resolve_device(config.device)
+    amp_dtype = autocast_dtype(config.precision, device)
 
     index = scan_dataset(config.data, layout=config.layout, class_names=config.class_names)
     fingerprint = dataset_fingerprint(index)
