@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ __all__ = [
     "read_image",
     "sha256_bytes",
     "to_model_input",
+    "write_image",
 ]
 
 logger = logging.getLogger(__name__)
@@ -207,6 +209,23 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dec
     """Read a file and :func:`decode` it; ``OSError`` from reading the file propagates."""
     data = Path(path).read_bytes()
     return decode(data, max_pixels=max_pixels)
+
+
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    """Encode ``image`` by the path's extension and write it atomically (``.tmp``, rename).
+
+    A folder watcher (or a camera-folder source) never sees half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(path.suffix, image)
+    if not ok:
+        msg = f"OpenCV cannot encode {path.name}; use .png, .jpg, .bmp or .tif"
+        raise ValueError(msg)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.tobytes())
+    os.replace(tmp, path)
+    return path
 
 
 def to_model_input(

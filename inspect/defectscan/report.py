@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from defectscan.imaging import DecodedImage
+from defectscan.imaging import DecodedImage, write_image
 from defectscan.postprocess import Defect
 
 __all__ = ["class_color", "html_report", "overlay", "write_mask", "write_png"]
@@ -104,17 +104,12 @@ def _legend(canvas: np.ndarray, defects: Sequence[Defect], class_names: Sequence
 
 
 def write_png(path: str | Path, array: np.ndarray) -> Path:
-    """Write a PNG atomically (``.tmp`` then rename) so a watcher never sees half a file."""
+    """Write a PNG atomically so a watcher never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(".png", array)
-    if not ok:
-        msg = f"OpenCV could not encode {path.name} as PNG"
-        raise OSError(msg)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
-    return path
+    if path.suffix.lower() != ".png":
+        msg = f"{path.name}: masks and overlays are written as .png"
+        raise ValueError(msg)
+    return write_image(path, array)
 
 
 def write_mask(path: str | Path, class_map: np.ndarray) -> Path:

@@ -13,7 +13,6 @@ Class index ``i + 1`` in every mask is ``CLASSES[i]``; 0 is background, as in ``
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Literal
 
 import cv2
 import numpy as np
+
+from defectscan.imaging import write_image
 
 __all__ = [
     "CLASSES",
@@ -295,9 +296,9 @@ def write_dataset(
             )
             stem = f"synth_{i:05d}"
             img_path = root / "images" / f"{stem}{ext}"
-            _imwrite(img_path, s.image)
+            write_image(img_path, s.image)
             mask = s.binary_mask() * np.uint8(255) if binary else s.mask
-            _imwrite(root / "masks" / f"{stem}.png", mask)
+            write_image(root / "masks" / f"{stem}.png", mask)
             paths.append(img_path)
         # Class names in index order, so a loader maps mask values to names without guessing.
         (root / "classes.txt").write_text("defect\n" if binary else "\n".join(CLASSES) + "\n")
@@ -330,8 +331,8 @@ def write_dataset(
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"{group}_{i:05d}"
         img_path = folder / f"{stem}{ext}"
-        _imwrite(img_path, s.image)
-        _imwrite(folder / f"{stem}.png", s.binary_mask() * np.uint8(255))
+        write_image(img_path, s.image)
+        write_image(folder / f"{stem}.png", s.binary_mask() * np.uint8(255))
         paths.append(img_path)
     return paths
 
@@ -358,17 +359,6 @@ def write_camera_folder(
     for i in range(start, start + n):
         s = make_sample(sample_seed(seed, i), height=height, width=width, channels=channels)
         path = directory / f"cam_{i:06d}{ext}"
-        _imwrite(path, s.image)
+        write_image(path, s.image)
         paths.append(path)
     return paths
-
-
-def _imwrite(path: Path, image: np.ndarray) -> None:
-    """Encode by extension, write ``<path>.tmp``, then rename (atomic on one filesystem)."""
-    ok, buf = cv2.imencode(path.suffix, image)
-    if not ok:
-        msg = f"OpenCV cannot encode {path.suffix!r} images; use .png, .jpg or .bmp"
-        raise ValueError(msg)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
