@@ -137,6 +137,7 @@ def inspect_cmd(
     """Inspect images and print a verdict and the defects of each one."""
     from defectscan.config import get_settings
     from defectscan.pipeline import ImageRecord, Inspector
+    from defectscan.report import write_result_images
 
     settings = get_settings()
     inputs = expand_inputs(paths)
@@ -176,7 +177,9 @@ def inspect_cmd(
         row["path"] = str(path)
         mask_path = overlay_path = None
         if out is not None and result.status == "ok":
-            mask_path, overlay_path = _write_outputs(result, out, names[path], inspector)
+            mask_path, overlay_path = write_result_images(
+                result, out, names[path], inspector.spec.class_names
+            )
             row["mask"], row["overlay"] = str(mask_path), str(overlay_path)
         result.image = None
         if writer is not None:
@@ -202,15 +205,6 @@ def inspect_cmd(
         html_report(rows, out / "report.html", title="defectscan inspection")
     if n_rejected:
         raise typer.Exit(2)
-
-
-def _write_outputs(result: Any, out: Path, stem: str, inspector: Any) -> tuple[Path, Path]:
-    from defectscan.report import overlay, write_mask, write_png
-
-    mask_path = write_mask(out / f"{stem}.mask.png", result.class_map)
-    picture = overlay(result.image, result.class_map, result.defects, inspector.spec.class_names)
-    overlay_path = write_png(out / f"{stem}.overlay.png", picture)
-    return mask_path, overlay_path
 
 
 @app.command("demo")

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from defectscan import synth
 from defectscan.pipeline import ImageRecord, Inspector
-from defectscan.report import html_report, overlay, write_mask, write_png
+from defectscan.report import html_report, write_result_images
 from defectscan.store.db import make_engine, session_factory, upgrade_to_head
 from defectscan.store.schema import Inspection, ModelVersion
 from defectscan.store.writer import ResultWriter
@@ -132,15 +132,8 @@ def run_demo(
     t0 = time.perf_counter()
     records = [ImageRecord.from_path(p, camera="cam-1", line="demo") for p in paths]
     for result in inspector.inspect(records, keep_images=True):
-        if result.class_map is None or result.image is None:
-            msg = f"demo image {result.record.id} was rejected: {result.error_message}"
-            raise RuntimeError(msg)
         stem = Path(result.record.id).stem
-        mask = write_mask(out / f"{stem}.mask.png", result.class_map)
-        picture = overlay(
-            result.image, result.class_map, result.defects, inspector.spec.class_names
-        )
-        over = write_png(out / f"{stem}.overlay.png", picture)
+        mask, over = write_result_images(result, out, stem, inspector.spec.class_names)
         result.image = None
         writer.add(result.to_store_record(mask_path=str(mask), overlay_path=str(over)))
         summary.verdicts[result.verdict or "rejected"] += 1

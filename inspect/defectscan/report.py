@@ -11,9 +11,17 @@ import cv2
 import numpy as np
 
 from defectscan.imaging import DecodedImage, write_image
+from defectscan.pipeline import InspectionResult
 from defectscan.postprocess import Defect
 
-__all__ = ["class_color", "html_report", "overlay", "write_mask", "write_png"]
+__all__ = [
+    "class_color",
+    "html_report",
+    "overlay",
+    "write_mask",
+    "write_png",
+    "write_result_images",
+]
 
 # BGR, chosen to stay distinguishable on gray industrial surfaces and for common colour blindness.
 _PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -118,6 +126,25 @@ def write_mask(path: str | Path, class_map: np.ndarray) -> Path:
         msg = f"a class map is uint8 [H, W], got {class_map.dtype} {class_map.shape}"
         raise ValueError(msg)
     return write_png(path, class_map)
+
+
+def write_result_images(
+    result: InspectionResult, out: str | Path, stem: str, class_names: Sequence[str]
+) -> tuple[Path, Path]:
+    """``<stem>.mask.png`` and ``<stem>.overlay.png`` of an inspected (``ok``) result.
+
+    The result must have been inspected with ``keep_images=True`` (the overlay needs pixels).
+    """
+    if result.class_map is None or result.image is None:
+        msg = (
+            f"{result.record.id}: no class map or image to draw (status {result.status}; "
+            f"inspect with keep_images=True)"
+        )
+        raise ValueError(msg)
+    out = Path(out)
+    mask_path = write_mask(out / f"{stem}.mask.png", result.class_map)
+    picture = overlay(result.image, result.class_map, result.defects, class_names)
+    return mask_path, write_png(out / f"{stem}.overlay.png", picture)
 
 
 def html_report(rows: Sequence[dict[str, object]], path: str | Path, *, title: str) -> Path:
