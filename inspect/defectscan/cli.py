@@ -126,7 +126,13 @@ def inspect_cmd(
     tile_size: Annotated[int | None, typer.Option(min=16, help="Tile size in pixels.")] = None,
     overlap: Annotated[int | None, typer.Option(min=0, help="Tile overlap in pixels.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Tiles per inference batch.")] = 8,
-    backend: Annotated[str, typer.Option(help="torch, openvino, onnxruntime or auto.")] = "torch",
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="auto (OpenVINO on CPU where installed, torch on CUDA), torch, openvino or "
+            "onnxruntime."
+        ),
+    ] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
     line: Annotated[str | None, typer.Option(help="Production line (its config applies).")] = None,
     camera: Annotated[str | None, typer.Option(help="Camera name stored with results.")] = None,

@@ -109,7 +109,7 @@ def run_demo(
     upgrade_to_head(database_url)
     engine = make_engine(database_url)
     writer = ResultWriter(engine, batch_size=16)
-    inspector = Inspector.from_checkpoint(model_path, device=device, batch_size=8)
+    inspector = Inspector.from_checkpoint(model_path, backend="auto", device=device, batch_size=8)
     writer.register_model(**inspector.model_registration())
     if not val_iou:
         val_iou = {

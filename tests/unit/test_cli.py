@@ -141,13 +141,22 @@ def _amplified_seed(n_classes: int, bilinear: bool) -> SeedUNet:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bilinear", [True, False])
-@pytest.mark.parametrize("mask_values", [None, [0, 255]])
+@pytest.mark.parametrize(
+    ("bilinear", "mask_values", "backend"),
+    [
+        (True, None, "torch"),
+        (False, None, "torch"),
+        (True, [0, 255], "torch"),
+        (False, [0, 255], "torch"),
+        (False, [0, 255], "auto"),  # the default: OpenVINO on this CPU
+    ],
+)
 def test_seed_checkpoints_give_the_seed_masks(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     bilinear: bool,
     mask_values: list[int] | None,
+    backend: str,
 ) -> None:
     """Acceptance: a .pth saved from the seed's classes -> the seed forward pass's masks."""
     n_classes = 1 if mask_values is None else 3
@@ -169,6 +178,8 @@ def test_seed_checkpoints_give_the_seed_masks(
             "128",
             "--precision",
             "fp32",
+            "--backend",
+            backend,
             "--out",
             str(tmp_path / "out"),
             "--json",

@@ -203,6 +203,8 @@ class OpenVINOBackend:
         with torch.inference_mode(), warnings.catch_warnings():
             # Tracing turns the UNet's int() shape reads into constants: right for fixed tiles.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # OpenVINO traces with torch.jit, which torch now flags as deprecated: not ours to fix
+            warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)
             ov_model = ov.convert_model(module, example_input=example)
         ov_model.reshape([-1, n_channels, tile, tile])
         config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT"}
@@ -268,6 +270,7 @@ def export_onnx(module: nn.Module, path: Path, *, n_channels: int, tile: int) ->
     example = torch.zeros(1, n_channels, tile, tile)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)
         _export(module, example, path)
 
 
