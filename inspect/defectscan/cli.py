@@ -219,7 +219,7 @@ def demo_cmd(
         "var/demo"
     ),
     images: Annotated[int, typer.Option(min=1, help="Parts the camera drops.")] = 12,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (first run only).")] = 12,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (first run only).")] = 20,
     retrain: Annotated[bool, typer.Option(help="Train again even if a model exists.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:

@@ -51,7 +51,7 @@ def run_demo(
     *,
     database_url: str,
     images: int = 12,
-    epochs: int = 12,
+    epochs: int = 20,
     retrain: bool = False,
     device: str = "auto",
     say: Callable[[str], None] = lambda _msg: None,
@@ -68,7 +68,7 @@ def run_demo(
     trained = False
     train_s = 0.0
     if retrain or not model_path.is_file():
-        say("training a small UNet on it (CPU: about a minute or two)")
+        say("training a small UNet on it (about a minute on a 2-core CPU)")
         t0 = time.perf_counter()
         trained_run = train(
             TrainConfig(
@@ -80,7 +80,9 @@ def run_demo(
                 base_width=8,
                 batch_size=8,
                 # thin scratches/cracks and small spots are rare pixels: weight them up
-                class_weights=(0.5, 3.0, 3.0, 3.0, 1.0),
+                class_weights=(0.5, 4.0, 3.0, 6.0, 1.0),
+                samples_per_epoch=256,
+                lr=6e-3,
                 device=device,
                 name="demo-unet",
                 resume=False,
