@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +56,10 @@ def _check_layout(layout: str) -> Literal["auto", "images-masks", "class-folders
         msg = f"--layout must be auto, images-masks or class-folders, got {layout!r}"
         raise typer.BadParameter(msg)
     return layout  # type: ignore[return-value]
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _parse_weights(text: str | None) -> tuple[float, ...] | None:
@@ -182,6 +187,9 @@ def train_cmd(
                     f"({p.elapsed_s:.0f} s){' - ' + p.message if p.message else ''}"
                 )
 
+        # A stopped run (Ctrl-C, or SIGTERM from a supervisor) is recorded as cancelled
+        # instead of staying "running" forever in training_runs.
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         try:
             result = train(config, progress=on_progress, parent_version=parent)
         except BaseException as exc:
@@ -193,9 +201,11 @@ def train_cmd(
                         run_id,
                         session=session,
                         status="cancelled" if isinstance(exc, KeyboardInterrupt) else "failed",
-                        error=str(exc)[:2000],
+                        error=str(exc)[:2000] or type(exc).__name__,
                     )
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     version_status = None
     if do_register and run_id is not None:
