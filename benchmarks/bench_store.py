@@ -19,7 +19,6 @@ import json
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -27,10 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from defectscan.config import get_settings
-from defectscan.store.db import make_engine, retrying, session_factory, upgrade_to_head
+from defectscan.store.db import (
+    make_engine,
+    retrying,
+    scratch_database,
+    session_factory,
+    upgrade_to_head,
+)
 from defectscan.store.records import DefectRecord, InspectionRecord
 from defectscan.store.repository import ensure_model_version, save_inspection, save_inspections
 
@@ -83,20 +87,6 @@ def _records(n: int, prefix: str) -> list[InspectionRecord]:
 def _sqlite_url() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         yield f"sqlite:///{Path(tmp) / 'bench.db'}"
-
-
-@contextmanager
-def _pg_url() -> Iterator[str]:
-    name = f"defectscan_bench_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 def _pg_available() -> bool:
@@ -180,7 +170,7 @@ def run(n: int = 2000, batch: int = 200) -> list[dict[str, Any]]:
     with _sqlite_url() as url:
         results += _measure(url, "sqlite (file, WAL)", n, batch)
     if _pg_available():
-        with _pg_url() as url:
+        with scratch_database(PG_ADMIN_URL, prefix="defectscan_bench") as url:
             results += _measure(url, "postgresql", n, batch)
     by_db: dict[str, dict[str, float]] = {}
     for r in results:

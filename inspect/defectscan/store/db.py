@@ -16,11 +16,13 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, NullPool, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,6 +38,7 @@ __all__ = [
     "make_engine",
     "migrations_dir",
     "retrying",
+    "scratch_database",
     "session_factory",
     "upgrade_to_head",
     "with_retries",
@@ -262,3 +265,22 @@ def upgrade_to_head(engine_or_url: Engine | str | None = None) -> str | None:
     config = alembic_config(engine_or_url)
     command.upgrade(config, "head")
     return ScriptDirectory.from_config(config).get_current_head()
+
+
+@contextmanager
+def scratch_database(admin_url: str, *, prefix: str = "defectscan_scratch") -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (URL) next to ``admin_url``'s, dropped afterwards.
+
+    For tests and benchmarks that must write to a real server without touching real data.
+    """
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            # FORCE: a run that failed half-way may leave connections open.
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
