@@ -27,6 +27,8 @@ def test_sigterm_marks_the_training_run_cancelled(tmp_path: Path, sqlite_url: st
         str(tmp_path / "m.safetensors"),
         "--epochs",
         "500",
+        "--patience",
+        "500",  # no early stop: the run must still be going when the signal comes
         "--width",
         "4",
         "--tile-size",
