@@ -15,6 +15,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageTooLargeError",
     "NotAnImageError",
+    "RejectedInputError",
     "SourceError",
     "StoreError",
     "TargetShapeError",
@@ -82,6 +83,14 @@ class ImageTooLargeError(ImageDecodeError):
     """The header announces more pixels than the configured limit (decompression-bomb guard)."""
 
     kind = "too_large"
+
+
+class RejectedInputError(ImageDecodeError):
+    """A source refused a delivery before decoding (unsafe path, too many failed deliveries)."""
+
+    def __init__(self, message: str, *, kind: str = "refused") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class TargetShapeError(DefectscanError):
