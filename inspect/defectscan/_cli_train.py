@@ -59,6 +59,8 @@ def _check_layout(layout: str) -> Literal["auto", "images-masks", "class-folders
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    # Once: a second SIGTERM while the best checkpoint is being written must not cut it short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -72,9 +74,89 @@ def _parse_weights(text: str | None) -> tuple[float, ...] | None:
         raise typer.BadParameter(msg) from None
 
 
+#: ``train`` options whose TrainConfig field has another name.
+_FIELD_OF_OPTION = {
+    "width": "base_width",
+    "workers": "num_workers",
+    "target_frr": "target_false_reject_rate",
+}
+#: ``train`` options that are not training settings.
+_NOT_TRAINING = {"config", "parent", "do_register", "db", "as_json", "ctx"}
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe file: a path, or the name of a recipe shipped in ``defectscan/training/recipes``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    from importlib.resources import files
+
+    stem = name_or_path.removesuffix(".yaml")
+    shipped = files("defectscan.training") / "recipes" / f"{stem}.yaml"
+    if shipped.is_file():
+        return Path(str(shipped))
+    known = sorted(
+        p.name.removesuffix(".yaml")
+        for p in (files("defectscan.training") / "recipes").iterdir()
+        if p.name.endswith(".yaml")
+    )
+    msg = f"--config {name_or_path!r} is neither a file nor a shipped recipe ({', '.join(known)})"
+    raise typer.BadParameter(msg)
+
+
+def _read_recipe(name_or_path: str) -> dict[str, Any]:
+    import yaml
+
+    path = recipe_path(name_or_path)
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        msg = f"--config {path}: not valid YAML: {exc}"
+        raise typer.BadParameter(msg) from exc
+    if not isinstance(loaded, dict):
+        msg = (
+            f"--config {path}: expected a mapping of training options, got {type(loaded).__name__}"
+        )
+        raise typer.BadParameter(msg)
+    return {str(k).replace("-", "_"): v for k, v in loaded.items()}
+
+
+def _train_settings(ctx: typer.Context, params: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig fields: the command's defaults < the recipe (``--config``) < flags given."""
+    recipe = _read_recipe(params["config"]) if params.get("config") else {}
+    settings: dict[str, Any] = {}
+    for name, value in params.items():
+        if name in _NOT_TRAINING:
+            continue
+        field = _FIELD_OF_OPTION.get(name, name)
+        source = ctx.get_parameter_source(name)
+        # By name: typer may bring its own copy of click, with its own ParameterSource enum.
+        given = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+        if given or field not in recipe:
+            settings[field] = value
+    for field, value in recipe.items():
+        if field not in settings:
+            settings[field] = value
+    if settings.get("data") is None or settings.get("out") is None:
+        msg = "give --data and --out (on the command line or in the --config recipe)"
+        raise typer.BadParameter(msg)
+    return settings
+
+
 def train_cmd(
-    data: Annotated[Path, typer.Option("--data", help="Dataset folder.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors).")],
+    ctx: typer.Context,
+    data: Annotated[Path | None, typer.Option("--data", help="Dataset folder.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors).")
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            help="Recipe: a YAML file of training options (TrainConfig field names), or the "
+            "name of a shipped recipe (magnetic-tile). Flags given on the command line win.",
+        ),
+    ] = None,
     layout: LayoutOpt = "auto",
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 20,
     width: Annotated[int, typer.Option("--width", min=1, help="UNet base width (seed: 64).")] = 16,
@@ -86,6 +168,10 @@ def train_cmd(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto, fp32, bf16, fp16.")] = "auto",
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=0, help="DataLoader workers (default: from the cores)."),
+    ] = None,
     patience: Annotated[int, typer.Option("--patience", min=1)] = 6,
     neg_per_pos: Annotated[
         float | None,
@@ -107,6 +193,18 @@ def train_cmd(
         float,
         typer.Option("--defect-crop-p", min=0, max=1, help="Share of crops centred on a defect."),
     ] = 0.5,
+    augment: Annotated[
+        str, typer.Option("--augment", help="full (flips, turns, affine, photometric) or flips.")
+    ] = "full",
+    target_frr: Annotated[
+        float,
+        typer.Option(
+            "--target-frr",
+            min=0,
+            max=1,
+            help="Calibrate the verdict on the validation split to this false-reject rate.",
+        ),
+    ] = 0.02,
     name: Annotated[str, typer.Option("--name", help="Model name in the registry.")] = "unet",
     parent: Annotated[str | None, typer.Option("--parent", help="Parent model version.")] = None,
     resume: Annotated[bool, typer.Option("--resume/--no-resume")] = True,
@@ -117,31 +215,19 @@ def train_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a UNet on a dataset folder, write a checkpoint, register it as a candidate."""
-    from defectscan.training.train import TrainConfig, TrainProgress, train
+    params = dict(locals())  # first: the options only
+    from pydantic import ValidationError
 
-    config = TrainConfig(
-        data=data,
-        out=out,
-        layout=_check_layout(layout),
-        mode=mode,
-        epochs=epochs,
-        base_width=width,
-        tile_size=tile_size,
-        batch_size=batch_size,
-        lr=lr,
-        val_fraction=val_fraction,
-        seed=seed,
-        device=device,
-        precision=precision,
-        patience=patience,
-        neg_per_pos=neg_per_pos,
-        samples_per_epoch=samples_per_epoch,
-        class_weights=_parse_weights(class_weights),
-        focal_gamma=focal_gamma,
-        defect_crop_p=defect_crop_p,
-        name=name,
-        resume=resume,
-    )
+    from defectscan.training.train import TrainConfig, TrainingInterrupted, TrainProgress, train
+
+    params["layout"] = _check_layout(layout)
+    params["class_weights"] = _parse_weights(class_weights)
+    settings = _train_settings(ctx, params)
+    try:
+        train_config = TrainConfig(**settings)
+    except ValidationError as exc:
+        msg = f"invalid training options: {exc}"
+        raise typer.BadParameter(msg) from exc
     run_id: int | None = None
     if do_register:
         from defectscan.store import create_training_run
@@ -150,11 +236,11 @@ def train_cmd(
             run = create_training_run(
                 session=session,
                 trigger="cli",
-                params=json.loads(config.model_dump_json()),
+                params=json.loads(train_config.model_dump_json()),
                 status="running",
             )
             run_id = run.id
-        config = config.model_copy(update={"training_run": str(run_id)})
+        train_config = train_config.model_copy(update={"training_run": str(run_id)})
 
     columns = (
         TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
@@ -165,20 +251,17 @@ def train_cmd(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
+    n_epochs = train_config.epochs
     with Progress(*columns, console=err_console, disable=as_json) as bar:
-        task = bar.add_task("train", total=None, epoch=0, epochs=epochs, loss="-", best="-")
+        task = bar.add_task("train", total=None, epoch=0, epochs=n_epochs, loss="-", best="-")
 
         def on_progress(p: TrainProgress) -> None:
             best = f"{p.best_score:.3f}" if p.best_score is not None else "-"
             if p.phase == "step":
-                bar.update(
-                    task,
-                    completed=p.step,
-                    total=p.steps,
-                    epoch=p.epoch + 1,
-                    loss=f"{p.loss:.4f}" if p.loss is not None else "-",
-                    best=best,
-                )
+                fields: dict[str, Any] = {"epoch": p.epoch + 1, "best": best}
+                if p.loss is not None:
+                    fields["loss"] = f"{p.loss:.4f}"
+                bar.update(task, completed=p.step, total=p.steps, **fields)
             elif p.phase == "epoch":
                 iou = p.metrics.get("mean_iou")
                 bar.console.print(
@@ -187,22 +270,22 @@ def train_cmd(
                     f"({p.elapsed_s:.0f} s){' - ' + p.message if p.message else ''}"
                 )
 
-        # A stopped run (Ctrl-C, or SIGTERM from a supervisor) is recorded as cancelled
-        # instead of staying "running" forever in training_runs.
+        # A stopped run (Ctrl-C, or SIGTERM from a supervisor) keeps its best checkpoint and is
+        # recorded as cancelled instead of staying "running" forever in training_runs.
         previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
         try:
-            result = train(config, progress=on_progress, parent_version=parent)
+            result = train(train_config, progress=on_progress, parent_version=parent)
         except BaseException as exc:
+            partial = exc.result if isinstance(exc, TrainingInterrupted) else None
             if run_id is not None:
-                from defectscan.store import finish_training_run
-
-                with _session(db) as session:
-                    finish_training_run(
-                        run_id,
-                        session=session,
-                        status="cancelled" if isinstance(exc, KeyboardInterrupt) else "failed",
-                        error=str(exc)[:2000] or type(exc).__name__,
-                    )
+                _record_stopped_run(run_id, db, exc, partial, parent)
+            if partial is not None:
+                err_console.print(
+                    f"[yellow]interrupted[/]: best checkpoint so far (epoch "
+                    f"{partial.best_epoch + 1}) written to {partial.checkpoint_path}"
+                )
+            if isinstance(exc, KeyboardInterrupt):
+                raise typer.Exit(130) from None
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -242,16 +325,62 @@ def train_cmd(
         "stopped_early": result.stopped_early,
         "wall_s": round(result.wall_s, 1),
         "thresholds": list(result.spec.thresholds),
+        "min_confidence": result.spec.min_confidence,
+        "min_area": list(result.spec.min_area),
+        "calibration": result.calibration,
+        "timings_s": {k: round(v, 2) for k, v in result.timings_s.items()},
         "metrics": result.report.to_dict(),
     }
     if as_json:
         typer.echo(json.dumps(summary))
         return
     _print_report(result.report.to_dict(), title=f"{result.version} on the validation split")
+    cal = result.calibration
+    if cal:
+        console.print(
+            f"verdict calibrated for false-reject rate <= {cal['target_false_reject_rate']}: "
+            f"thresholds {cal['thresholds']}, min confidence {cal['min_confidence']}, min area "
+            f"{cal['min_area']} -> false-reject rate {cal['false_reject_rate']}, image recall "
+            f"{cal['image_recall']}" + ("" if cal["met"] else f" ({cal['note']})")
+        )
     console.print(
         f"wrote {result.checkpoint_path} ({result.version}) in {result.wall_s:.0f} s"
         + (f"; registered as {version_status}" if version_status else "")
     )
+
+
+def _record_stopped_run(
+    run_id: int, db: str | None, exc: BaseException, partial: Any, parent: str | None
+) -> None:
+    """Record a run that did not finish; an interrupted one with its best checkpoint so far."""
+    from defectscan.store import finish_training_run
+    from defectscan.training.registry import register_checkpoint
+
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    with _session(db) as session:
+        metrics = None
+        if partial is not None:
+            mv = register_checkpoint(
+                partial.checkpoint_path,
+                session=session,
+                parent_version=parent,
+                training_run_id=run_id,
+                dataset_fingerprint=partial.dataset_fingerprint,
+            )
+            metrics = {
+                **partial.best_metrics,
+                "checkpoint": str(partial.checkpoint_path),
+                "version": mv.version,
+                "best_epoch": partial.best_epoch,
+                "epochs_run": len(partial.history),
+            }
+        finish_training_run(
+            run_id,
+            session=session,
+            status="cancelled" if interrupted else "failed",
+            metrics=metrics,
+            error=str(exc)[:2000] or type(exc).__name__,
+        )
 
 
 def _print_report(d: dict[str, Any], *, title: str) -> None:
@@ -273,9 +402,11 @@ def _print_report(d: dict[str, Any], *, title: str) -> None:
         )
     console.print(table)
     console.print(
-        f"mean IoU {f(d['mean_iou'])}, mean Dice {f(d['mean_dice'])}, pixel AUROC "
-        f"{f(d['pixel_auroc'])}, image recall {f(d['image_recall'])}, false-reject rate "
-        f"{f(d['false_reject_rate'])} ({d['n_images']} images, {d['n_defective_images']} defective)"
+        f"mean IoU {f(d['mean_iou'])}, mean Dice {f(d['mean_dice'])}, pooled defect IoU "
+        f"{f(d.get('pooled_iou'))}, Dice {f(d.get('pooled_dice'))}; pixel AUROC "
+        f"{f(d['pixel_auroc'])}, image AUROC {f(d.get('image_auroc'))}, image recall "
+        f"{f(d['image_recall'])}, false-reject rate {f(d['false_reject_rate'])} "
+        f"({d['n_images']} images, {d['n_defective_images']} defective)"
     )
 
 
@@ -286,15 +417,35 @@ def eval_cmd(
     split: Annotated[
         str, typer.Option("--split", help="all, or val: the split held out in training.")
     ] = "all",
-    device: Annotated[str, typer.Option("--device")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            help="As for inspect: auto (OpenVINO on CPU where installed, torch on CUDA), torch, "
+            "openvino or onnxruntime.",
+        ),
+    ] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto, fp32, bf16, fp16.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per batch.")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Score a checkpoint on a dataset: per-class IoU/Dice (pooled), image recall, false rejects."""
+    """Score a checkpoint on a dataset as `inspect` decides: pixel IoU/Dice, recall, false rejects.
+
+    Images go through the inspection pipeline (tiling, the model's thresholds, minimum
+    confidence and area, the verdict), so the class maps are those `inspect --out` writes.
+    """
     from defectscan.model.checkpoint import load_checkpoint
-    from defectscan.training.train import evaluate_dataset
+    from defectscan.training.evaluate import evaluate_dataset
 
     if split not in ("all", "val"):
         msg = f"--split must be all or val, got {split!r}"
+        raise typer.BadParameter(msg)
+    if backend not in ("auto", "torch", "openvino", "onnxruntime"):
+        msg = f"--backend must be auto, torch, openvino or onnxruntime, got {backend!r}"
+        raise typer.BadParameter(msg)
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        msg = f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}"
         raise typer.BadParameter(msg)
     ckpt = load_checkpoint(model)
     report = evaluate_dataset(
@@ -303,6 +454,9 @@ def eval_cmd(
         layout=_check_layout(layout),
         split="val" if split == "val" else "all",
         device=device,
+        backend=backend,  # type: ignore[arg-type]
+        precision=precision,  # type: ignore[arg-type]
+        batch_size=batch_size,
     )
     d = {"model": str(model), "version": ckpt.version, "split": split, **report.to_dict()}
     if as_json:

@@ -12,10 +12,12 @@ from defectscan.training.datasets import (
     scan_dataset,
     split_dataset,
 )
+from defectscan.training.evaluate import Calibration, calibrate
 from defectscan.training.losses import SegmentationLoss, check_target
 from defectscan.training.metrics import EvalReport, SegmentationEvaluator
 from defectscan.training.train import (
     TrainConfig,
+    TrainingInterrupted,
     TrainProgress,
     TrainResult,
     evaluate_dataset,
@@ -26,6 +28,7 @@ from defectscan.training.train import (
 
 __all__ = [
     "MASK_THRESHOLD",
+    "Calibration",
     "DatasetIndex",
     "EvalReport",
     "Sample",
@@ -34,8 +37,10 @@ __all__ = [
     "TrainConfig",
     "TrainProgress",
     "TrainResult",
+    "TrainingInterrupted",
     "build_train_transform",
     "build_val_transform",
+    "calibrate",
     "check_target",
     "dataset_fingerprint",
     "evaluate_dataset",

@@ -14,8 +14,41 @@ from typing import Any
 
 import albumentations as A
 import cv2
+import numpy as np
 
-__all__ = ["build_train_transform", "build_val_transform"]
+__all__ = ["build_train_transform", "build_val_transform", "random_crop"]
+
+
+def random_crop(
+    image: np.ndarray,
+    mask: np.ndarray,
+    tile_size: int,
+    rng: np.random.Generator,
+    *,
+    defect_pixels: np.ndarray | None = None,
+    defect_crop_p: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``tile_size`` window of a frame at least that large (views, no copy).
+
+    With probability ``defect_crop_p`` (when ``defect_pixels``, flat indices of defect pixels,
+    is not empty) the window contains a randomly chosen defect pixel at a random position;
+    otherwise it is uniform. Costs O(1) per crop, whatever the frame size.
+    """
+    h, w = mask.shape[:2]
+    if h < tile_size or w < tile_size:
+        msg = f"frame {w}x{h} is smaller than the {tile_size} crop: pad it first"
+        raise ValueError(msg)
+    if defect_pixels is not None and len(defect_pixels) and rng.random() < defect_crop_p:
+        y, x = divmod(int(defect_pixels[rng.integers(len(defect_pixels))]), w)
+        y0 = int(np.clip(y - rng.integers(tile_size), 0, h - tile_size))
+        x0 = int(np.clip(x - rng.integers(tile_size), 0, w - tile_size))
+    else:
+        y0 = int(rng.integers(h - tile_size + 1))
+        x0 = int(rng.integers(w - tile_size + 1))
+    return (
+        image[y0 : y0 + tile_size, x0 : x0 + tile_size],
+        mask[y0 : y0 + tile_size, x0 : x0 + tile_size],
+    )
 
 
 def build_train_transform(
@@ -26,33 +59,43 @@ def build_train_transform(
     geometric: bool = True,
     defect_crop_p: float = 0.5,
     interpolation: int = cv2.INTER_LINEAR,
+    crop: bool = True,
+    affine: bool = True,
 ) -> A.Compose:
     """Random ``tile_size`` crops with flips, 90-degree turns, a small affine and photometric noise.
 
     ``defect_crop_p`` is the share of crops centred on a defect when the mask has one (tiny
     defects would otherwise be missing from most random crops). ``interpolation`` is the image's
-    resampling for the affine step (masks always use nearest).
+    resampling for the affine step (masks always use nearest). ``crop=False`` leaves out the
+    padding and cropping (the training loop crops with :func:`random_crop`, which is O(1) per
+    crop where albumentations' defect-aware crop scans the whole mask); ``affine=False`` keeps
+    only flips and 90-degree turns of the geometric steps.
     """
-    steps: list[Any] = [
-        A.PadIfNeeded(
-            min_height=tile_size,
-            min_width=tile_size,
-            border_mode=cv2.BORDER_REFLECT_101,
-            position="top_left",
-        ),
-        A.OneOf(
-            [
-                A.RandomCrop(tile_size, tile_size, p=1.0 - defect_crop_p),
-                A.CropNonEmptyMaskIfExists(tile_size, tile_size, p=defect_crop_p),
-            ],
-            p=1.0,
-        ),
-    ]
+    steps: list[Any] = []
+    if crop:
+        steps += [
+            A.PadIfNeeded(
+                min_height=tile_size,
+                min_width=tile_size,
+                border_mode=cv2.BORDER_REFLECT_101,
+                position="top_left",
+            ),
+            A.OneOf(
+                [
+                    A.RandomCrop(tile_size, tile_size, p=1.0 - defect_crop_p),
+                    A.CropNonEmptyMaskIfExists(tile_size, tile_size, p=defect_crop_p),
+                ],
+                p=1.0,
+            ),
+        ]
     if geometric:
         steps += [
             A.HorizontalFlip(p=0.5),
             A.VerticalFlip(p=0.5),
             A.RandomRotate90(p=0.5),
+        ]
+    if geometric and affine:
+        steps += [
             A.Affine(
                 scale=(0.9, 1.1),
                 translate_percent=(-0.05, 0.05),

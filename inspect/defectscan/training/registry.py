@@ -89,13 +89,7 @@ def register_checkpoint(
         parent = None
     return ensure_model_version(
         session=session,
-        version=ckpt.version,
-        sha256=ckpt.sha256,
-        name=spec.name,
-        checkpoint_path=str(Path(path).resolve()),
-        spec=spec.to_dict(),
-        activation=spec.activation,
-        class_names=list(spec.class_names),
+        **ckpt.registration(),
         status="candidate",
         metrics=metrics if metrics is not None else recorded,
         parent_version=str(parent) if parent is not None else None,

@@ -11,8 +11,10 @@ optionally with a corrected mask. :func:`export_review_dataset` turns reviews in
 - ``reject`` without a mask on a ``pass``: a missed defect nobody outlined, which cannot be
   used for segmentation; it is skipped and reported.
 
-The image must still exist at the inspection's ``uri`` with the recorded sha256 (the bytes that
-were inspected); otherwise the review is skipped and reported.
+The image is read from the archive by its sha256 (the line monitor keeps failed parts, close
+calls and a share of passes there before it acknowledges them), or from the file at the
+inspection's ``file://`` URI if it still holds the same bytes; otherwise the review is skipped
+and reported.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
 
 import cv2
 import numpy as np
 from sqlalchemy.orm import Session
 
+from defectscan.archive import ArchiveError, ImageArchive, default_archive, image_suffix
 from defectscan.errors import DatasetError, StoreError
 from defectscan.store import add_review, reviews_for_training
 from defectscan.store.schema import Inspection, Review
@@ -73,7 +78,12 @@ def record_review(
         names = tuple(inspection.model_version.class_names)
         shape = (inspection.height or 0, inspection.width or 0)
         if not all(shape):
-            img = cv2.imread(inspection.uri, cv2.IMREAD_UNCHANGED)
+            data, _ = _inspected_bytes(inspection, default_archive())
+            img = (
+                None
+                if data is None
+                else cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            )
             if img is None:
                 msg = f"inspection {inspection_id} has no recorded size and its image is gone"
                 raise DatasetError(msg)
@@ -99,6 +109,35 @@ def record_review(
     )
 
 
+def _uri_path(uri: str) -> Path | None:
+    """The local file a ``file://`` URI (or a plain path) names; None for other schemes."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(url2pathname(unquote(parsed.path)))
+    if parsed.scheme == "" and uri:
+        return Path(uri)
+    return None
+
+
+def _inspected_bytes(inspection: Inspection, archive: ImageArchive) -> tuple[bytes | None, str]:
+    """The exact bytes that were inspected: from the archive, else from the source file."""
+    if archive.has(inspection.sha256):
+        try:
+            return archive.get(inspection.sha256), ""
+        except ArchiveError as exc:
+            return None, str(exc)
+    path = _uri_path(inspection.uri)
+    if path is None or not path.is_file():
+        return None, (
+            f"image {inspection.sha256[:12]} is not in the archive {archive.root} and its "
+            f"source {inspection.uri} is gone"
+        )
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != inspection.sha256:
+        return None, f"image {inspection.uri} changed since it was inspected (sha256 differs)"
+    return data, ""
+
+
 def _rasterise(inspection: Inspection, shape: tuple[int, int]) -> np.ndarray:
     mask = np.zeros(shape, np.uint8)
     for d in inspection.defects:
@@ -118,13 +157,18 @@ def export_review_dataset(
     session: Session,
     class_names: Sequence[str] | None = None,
     unused_only: bool = True,
+    archive: ImageArchive | None = None,
 ) -> ReviewExport:
     """Write reviewed images and their masks as ``root/images`` + ``root/masks`` + classes.txt.
 
-    Mark the returned ``review_ids`` as used (``store.mark_reviews_used``) once the training run
-    that consumed them has been recorded.
+    Images come from the archive by sha256 (``archive``, default ``var/archive``): the source
+    file is usually gone by then. A file still at the inspection's ``file://`` URI with the
+    same bytes is used when the archive does not hold the image. Mark the returned
+    ``review_ids`` as used (``store.mark_reviews_used``) once the training run that consumed
+    them has succeeded.
     """
     root = Path(root)
+    archive = archive or default_archive()
     reviews = reviews_for_training(session=session, unused_only=unused_only)
     names: tuple[str, ...] | None = tuple(class_names) if class_names else None
     written: list[Path] = []
@@ -142,13 +186,9 @@ def export_review_dataset(
         if model_names != names:
             skipped[r.id] = f"model classes {model_names} differ from the export's {names}"
             continue
-        image_path = Path(insp.uri)
-        if not image_path.is_file():
-            skipped[r.id] = f"image {insp.uri} no longer exists"
-            continue
-        data = image_path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != insp.sha256:
-            skipped[r.id] = f"image {insp.uri} changed since it was inspected (sha256 differs)"
+        data, why = _inspected_bytes(insp, archive)
+        if data is None:
+            skipped[r.id] = why
             continue
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if img is None:
@@ -171,7 +211,7 @@ def export_review_dataset(
         stem = f"inspection{insp.id}_{insp.sha256[:12]}"
         (root / "images").mkdir(parents=True, exist_ok=True)
         (root / "masks").mkdir(parents=True, exist_ok=True)
-        out_img = root / "images" / f"{stem}{image_path.suffix.lower() or '.png'}"
+        out_img = root / "images" / f"{stem}{image_suffix(data)}"
         out_img.write_bytes(data)
         if not cv2.imwrite(str(root / "masks" / f"{stem}.png"), mask):
             msg = f"cannot write mask under {root / 'masks'}"

@@ -2,10 +2,22 @@
 
 :func:`train` reads a dataset folder (:mod:`.datasets`), splits it deterministically, trains the
 seed UNet on random ``tile_size`` crops (:mod:`.augment`) with the activation's loss
-(:mod:`.losses`), validates on whole frames (reflect-padded to a multiple of 16, so every pixel
-is scored as at inference), keeps the weights with the best pooled defect IoU, stops early when
-it stops improving, and writes one product checkpoint (``.safetensors`` + :class:`ModelSpec`)
-with the best-F1 thresholds and the validation metrics in its metadata.
+(:mod:`.losses`), validates on whole frames (reflect-padded to a multiple of 16) after every
+epoch, keeps the weights with the best mean defect IoU and stops early when it stops improving.
+Then it calibrates the verdict on the validation split through the inspection path
+(:mod:`.evaluate`: thresholds or minimum confidence and minimum area for a target false-reject
+rate on defect-free parts) and writes one product checkpoint (``.safetensors`` +
+:class:`ModelSpec`) with that decision rule and the metrics it achieves in its metadata.
+
+Data: frames are decoded once and kept in memory; crops are cut in O(1) (a random window, or
+one holding a random defect pixel) and augmented in DataLoader workers (``num_workers``, by
+default from the cores; persistent, pinned memory on CUDA). Every crop has its own seed derived
+from ``(seed, epoch, position)``, so the crops do not depend on the number of workers.
+Validation frames are normalised, padded and batched once (on the training device when they
+fit); predictions and metrics stay on the device and only summaries reach the host.
+
+Ctrl-C (or SIGTERM mapped to it by the CLI) after at least one epoch writes the best checkpoint
+so far and raises :class:`TrainingInterrupted` carrying it.
 
 After every epoch a training state is written next to the output (``<out>.state.pt``: tensors,
 numbers and strings only, so it loads with ``torch.load(weights_only=True)``). Calling
@@ -14,7 +26,8 @@ numbers and strings only, so it loads with ``torch.load(weights_only=True)``). C
 draws what an uninterrupted one would have drawn.
 
 Speed: channels_last and autocast (bf16 on CPUs that support it, bf16 or fp16 + GradScaler on
-CUDA); AdamW with a cosine or plateau schedule.
+CUDA; ``DEFECTSCAN_DISABLE_BF16=1`` keeps ``auto`` off bf16); AdamW with a cosine or plateau
+schedule.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import copy
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,23 +46,31 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from defectscan.errors import ConfigError, DatasetError
 from defectscan.imaging import DEFAULT_MAX_PIXELS, to_model_input
-from defectscan.model.backends import autocast_dtype, resolve_device
+from defectscan.model.backends import autocast_dtype, make_backend, resolve_device
 from defectscan.model.checkpoint import build_model, save_checkpoint
 from defectscan.model.spec import Activation, ChannelOrder, ModelSpec
-from defectscan.training.augment import build_train_transform, build_val_transform
+from defectscan.training.augment import build_train_transform, random_crop
 from defectscan.training.datasets import (
     DatasetIndex,
     Sample,
     dataset_fingerprint,
     load_image,
-    load_mask,
     scan_dataset,
     split_dataset,
+)
+from defectscan.training.evaluate import (
+    Calibration,
+    calibrate,
+    evaluate_dataset,
+    inspect_frames,
+    score_frames,
+    truth_mask,
 )
 from defectscan.training.losses import SegmentationLoss
 from defectscan.training.metrics import EvalReport, SegmentationEvaluator
@@ -57,6 +79,8 @@ __all__ = [
     "TrainConfig",
     "TrainProgress",
     "TrainResult",
+    "TrainingInterrupted",
+    "default_workers",
     "evaluate_dataset",
     "evaluate_model",
     "state_path",
@@ -97,7 +121,9 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
-    num_workers: int = Field(default=0, ge=0)
+    num_workers: int | None = Field(
+        default=None, ge=0, description="DataLoader workers; None: from the cores and device"
+    )
     dice_weight: float = Field(default=1.0, ge=0)
     focal_gamma: float | None = Field(default=None, ge=0)
     class_weights: tuple[float, ...] | None = None
@@ -106,6 +132,15 @@ class TrainConfig(BaseModel):
         default=None, ge=0, description="cap defect-free training images per epoch to this ratio"
     )
     defect_crop_p: float = Field(default=0.5, ge=0, le=1)
+    augment: Literal["full", "flips"] = Field(
+        default="full",
+        description="full: flips, 90-degree turns, a small affine, photometric noise; "
+        "flips: flips and 90-degree turns only",
+    )
+    target_false_reject_rate: float = Field(
+        default=0.02, ge=0, le=1, description="calibrate the verdict to this share of good parts"
+    )
+    calibrate: bool = True
     resume: bool = True
     name: str = "unet"
     training_run: str | None = None
@@ -127,11 +162,12 @@ class TrainProgress:
     best_score: float | None = None
     elapsed_s: float = 0.0
     message: str = ""
+    timings_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a finished run produced."""
+    """What a finished (or interrupted) run produced."""
 
     checkpoint_path: Path
     spec: ModelSpec
@@ -148,6 +184,20 @@ class TrainResult:
     stopped_early: bool
     resumed_from_epoch: int
     parent_version: str | None = None
+    interrupted: bool = False
+    calibration: dict[str, Any] | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM during training; ``result`` is the best checkpoint written so far.
+
+    ``result`` is None when no epoch had finished (nothing worth keeping).
+    """
+
+    def __init__(self, result: TrainResult | None) -> None:
+        super().__init__("training interrupted")
+        self.result = result
 
 
 ProgressFn = Callable[[TrainProgress], None]
@@ -156,6 +206,17 @@ ProgressFn = Callable[[TrainProgress], None]
 def state_path(out: Path) -> Path:
     """Where the resumable training state of ``out`` lives."""
     return Path(out).with_name(Path(out).name + ".state.pt")
+
+
+def default_workers(device: torch.device) -> int:
+    """DataLoader workers from the cores: CUDA keeps them busy; on a small CPU they compete."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return max(0, min(8, cores - 2))
+    return 0 if cores <= 4 else min(4, cores // 4)
 
 
 class _Frames:
@@ -182,18 +243,8 @@ class _Frames:
                 decoded, n_channels=n_channels, channel_order=channel_order, mean=zeros, std=ones
             )
             self.images.append(np.ascontiguousarray(chw.transpose(1, 2, 0)))
-            mask = load_mask(
-                s.mask,
-                shape=(decoded.height, decoded.width),
-                n_classes=n_classes if s.class_index is None else max(n_classes, s.class_index),
-                class_index=s.class_index,
-            )
-            if binary:
-                mask = (mask > 0).astype(np.uint8)
-            elif int(mask.max(initial=0)) > n_classes:
-                msg = f"mask {s.mask} has class {int(mask.max())} > {n_classes} classes"
-                raise DatasetError(msg)
-            self.masks.append(mask)
+            shape = (decoded.height, decoded.width)
+            self.masks.append(truth_mask(s, shape, n_classes=n_classes, binary=binary))
 
     def positives(self) -> list[int]:
         return [i for i, m in enumerate(self.masks) if m.any()]
@@ -202,26 +253,83 @@ class _Frames:
         return [i for i, m in enumerate(self.masks) if not m.any()]
 
 
-class _TileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Augmented ``tile_size`` crops: ``(image [C, T, T] normalised, mask [T, T] long)``."""
+_MAX_DEFECT_PIXELS = 65_536  # per frame, for defect-centred crops (a subsample beyond that)
 
-    def __init__(self, frames: _Frames, transform: Any, mean: np.ndarray, std: np.ndarray) -> None:
-        self.frames = frames
+
+class _TileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Augmented ``tile_size`` crops: ``(image [C, T, T] normalised, mask [T, T] long)``.
+
+    Indexed by ``(frame, seed)`` pairs from :class:`_EpochSampler`: each crop's randomness comes
+    from its own seed, wherever (whichever worker) it is computed.
+    """
+
+    def __init__(
+        self,
+        frames: _Frames,
+        transform: Any,
+        mean: np.ndarray,
+        std: np.ndarray,
+        *,
+        tile_size: int,
+        defect_crop_p: float,
+    ) -> None:
         self.transform = transform
         self.mean = mean
         self.std = std
+        self.tile = tile_size
+        self.defect_crop_p = defect_crop_p
+        self.images: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+        self.defects: list[np.ndarray] = []
+        rng = np.random.default_rng(0)
+        for image, mask in zip(frames.images, frames.masks, strict=True):
+            h, w = mask.shape
+            ph, pw = max(0, tile_size - h), max(0, tile_size - w)
+            if ph or pw:  # reflect-pad small frames once, image and mask alike
+                image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+                mask = np.pad(mask, ((0, ph), (0, pw)), mode="reflect")
+            where = np.flatnonzero(mask)
+            if len(where) > _MAX_DEFECT_PIXELS:
+                where = np.sort(rng.choice(where, _MAX_DEFECT_PIXELS, replace=False))
+            self.images.append(image)
+            self.masks.append(mask)
+            self.defects.append(where)
 
     def __len__(self) -> int:
-        return len(self.frames.images)
+        return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.transform(image=self.frames.images[i], mask=self.frames.masks[i])
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = key
+        rng = np.random.default_rng(seed)
+        img, mask = random_crop(
+            self.images[i],
+            self.masks[i],
+            self.tile,
+            rng,
+            defect_pixels=self.defects[i],
+            defect_crop_p=self.defect_crop_p,
+        )
+        self.transform.set_random_seed(int(rng.integers(2**31)))
+        out = self.transform(image=np.ascontiguousarray(img), mask=np.ascontiguousarray(mask))
         img = np.asarray(out["image"], dtype=np.float32)
         if img.ndim == 2:
             img = img[:, :, None]
         img = (img - self.mean) / self.std
         chw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
         return chw, torch.from_numpy(np.asarray(out["mask"], dtype=np.int64))
+
+
+class _EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(frame, seed)`` keys; the main process sets the next epoch's keys."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, int]] = []
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(list(self.keys))
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 def _to_target(mask: torch.Tensor, activation: Activation, n_classes: int) -> torch.Tensor:
@@ -240,6 +348,57 @@ def _channel_stats(frames: _Frames, limit: int = 64) -> tuple[np.ndarray, np.nda
     return mean, std
 
 
+# Validation batches hold about this many padded pixels (a batch of 8 frames of 256 x 256).
+_VAL_BATCH_PIXELS = 8 * 256 * 256
+# Validation inputs stay on the training device below this size, else they are copied per batch.
+_VAL_DEVICE_BYTES = 1 << 30
+
+
+class _ValBatches:
+    """Validation frames normalised, reflect-padded to a multiple of 16 and batched, once.
+
+    Frames of one size share a batch; the batch's targets and original size go with it.
+    """
+
+    def __init__(
+        self, frames: _Frames, spec: ModelSpec, device: torch.device, *, channels_last: bool
+    ) -> None:
+        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for i, m in enumerate(frames.masks):
+            by_shape.setdefault(m.shape, []).append(i)
+        total = sum(im.nbytes for im in frames.images)
+        keep_on = device if total <= _VAL_DEVICE_BYTES else torch.device("cpu")
+        self.device = device
+        self.channels_last = channels_last
+        self.batches: list[tuple[torch.Tensor, torch.Tensor, int, int]] = []
+        for (h, w), idx in sorted(by_shape.items()):
+            ph, pw = (-h) % 16, (-w) % 16
+            per = max(1, _VAL_BATCH_PIXELS // ((h + ph) * (w + pw)))
+            for start in range(0, len(idx), per):
+                chunk = idx[start : start + per]
+                x = torch.from_numpy(np.stack([frames.images[i] for i in chunk])).permute(
+                    0, 3, 1, 2
+                )
+                x = (x - mean) / std
+                if ph or pw:
+                    x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+                t = torch.from_numpy(np.stack([frames.masks[i] for i in chunk]).astype(np.int64))
+                if keep_on.type == "cuda":
+                    x, t = x.to(keep_on), t.to(keep_on)
+                elif device.type == "cuda":
+                    x, t = x.pin_memory(), t.pin_memory()
+                self.batches.append((x.contiguous(), t, h, w))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, int]]:
+        for x, t, h, w in self.batches:
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, t.to(self.device, non_blocking=True), h, w
+
+
 def evaluate_model(
     model: torch.nn.Module,
     spec: ModelSpec,
@@ -250,93 +409,43 @@ def evaluate_model(
     autocast_dtype: torch.dtype | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     binary: bool = False,
+    channels_last: bool = True,
 ) -> tuple[EvalReport, SegmentationEvaluator]:
-    """Score ``model`` on whole frames (pad to a multiple of 16, crop back), as inference sees them.
+    """Score ``model`` on whole frames (padded to a multiple of 16), on ``device``.
 
-    ``frames_or_samples``: preloaded frames or a sequence of :class:`Sample`.
+    ``frames_or_samples``: prepared validation batches, preloaded frames or :class:`Sample`\\ s.
+    This is the quick per-epoch score (no tiling, no minimum area); the decision production
+    makes is scored by :func:`defectscan.training.evaluate.evaluate_dataset`.
     """
     device = device or torch.device("cpu")
-    if isinstance(frames_or_samples, _Frames):
-        frames = frames_or_samples
+    if isinstance(frames_or_samples, _ValBatches):
+        batches = frames_or_samples
     else:
-        frames = _Frames(
-            frames_or_samples,
-            n_classes=len(spec.class_names),
-            binary=binary,
-            channel_order=spec.channel_order,
-            n_channels=spec.n_channels,
-            max_pixels=max_pixels,
-        )
-    pad = build_val_transform()
-    mean = np.asarray(spec.mean, np.float32)
-    std = np.asarray(spec.std, np.float32)
+        frames = frames_or_samples
+        if not isinstance(frames, _Frames):
+            frames = _Frames(
+                frames_or_samples,
+                n_classes=len(spec.class_names),
+                binary=binary,
+                channel_order=spec.channel_order,
+                n_channels=spec.n_channels,
+                max_pixels=max_pixels,
+            )
+        batches = _ValBatches(frames, spec, device, channels_last=channels_last)
     evaluator = SegmentationEvaluator(
         spec.class_names, spec.activation, thresholds=thresholds or spec.thresholds
     )
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        for image, mask in zip(frames.images, frames.masks, strict=True):
-            h, w = mask.shape
-            padded = pad(image=image)["image"]
-            if padded.ndim == 2:
-                padded = padded[:, :, None]
-            x = torch.from_numpy(
-                np.ascontiguousarray(((padded - mean) / std).transpose(2, 0, 1))
-            ).unsqueeze(0)
-            x = x.to(device).contiguous(memory_format=torch.channels_last)
+        for x, target, h, w in batches:
             with _autocast(device, autocast_dtype):
                 logits = model(x)
             logits = logits.float()[:, :, :h, :w]
             probs = torch.sigmoid(logits) if spec.activation == "sigmoid" else logits.softmax(1)
-            evaluator.update(probs.cpu(), torch.from_numpy(mask.astype(np.int64)).unsqueeze(0))
+            evaluator.update(probs, target)
     model.train(was_training)
     return evaluator.compute(), evaluator
-
-
-def evaluate_dataset(
-    checkpoint: Any,
-    data: Path,
-    *,
-    layout: Literal["auto", "images-masks", "class-folders"] = "auto",
-    split: Literal["all", "val"] = "all",
-    val_fraction: float | None = None,
-    seed: int | None = None,
-    device: str = "cpu",
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> EvalReport:
-    """Score a loaded :class:`~defectscan.model.checkpoint.Checkpoint` on a dataset folder.
-
-    ``split="val"`` scores only the held-out split that training used (its ``val_fraction``
-    and seed are read from the checkpoint's metrics unless given). A single-class (binary)
-    model on a multi-class dataset is scored on defect vs background.
-    """
-    spec: ModelSpec = checkpoint.spec
-    index = scan_dataset(data, layout=layout, class_names=None)
-    binary = len(spec.class_names) == 1 and len(index.class_names) > 1
-    if not binary and tuple(index.class_names) != tuple(spec.class_names):
-        index = scan_dataset(data, layout=layout, class_names=spec.class_names)
-    samples: Sequence[Sample] = index.samples
-    if split == "val":
-        frac = val_fraction if val_fraction is not None else spec.metrics.get("val_fraction", 0.2)
-        sd = seed if seed is not None else spec.metrics.get("split_seed", 0)
-        samples = split_dataset(index, val_fraction=float(frac), seed=int(sd))[1]
-    dev = resolve_device(device)
-    frames = _Frames(
-        samples,
-        n_classes=len(index.class_names),
-        binary=binary,
-        channel_order=spec.channel_order,
-        n_channels=spec.n_channels,
-        max_pixels=max_pixels,
-    )
-    model = checkpoint.model.to(dev)
-    model.to(memory_format=torch.channels_last)
-    report, _ = evaluate_model(
-        model, spec, frames, device=dev, autocast_dtype=autocast_dtype(precision, dev)
-    )
-    return report
 
 
 def _autocast(
@@ -356,7 +465,7 @@ def _compat_key(config: TrainConfig, spec: ModelSpec, fingerprint: str) -> str:
             "spec": {
                 k: v
                 for k, v in spec.to_dict().items()
-                if k not in ("metrics", "thresholds", "training_run")
+                if k not in ("metrics", "thresholds", "min_confidence", "min_area", "training_run")
             },
             "batch_size": config.batch_size,
             "seed": config.seed,
@@ -367,7 +476,8 @@ def _compat_key(config: TrainConfig, spec: ModelSpec, fingerprint: str) -> str:
     )
 
 
-def _epoch_order(frames: _Frames, config: TrainConfig, epoch: int) -> list[int]:
+def _epoch_keys(frames: _Frames, config: TrainConfig, epoch: int) -> list[tuple[int, int]]:
+    """This epoch's ``(frame, crop seed)`` keys: a function of ``(seed, epoch)`` only."""
     rng = np.random.default_rng([config.seed, epoch])
     pos, neg = frames.positives(), frames.negatives()
     if config.neg_per_pos is not None and pos:
@@ -377,28 +487,40 @@ def _epoch_order(frames: _Frames, config: TrainConfig, epoch: int) -> list[int]:
     order = rng.permutation(chosen)
     if config.samples_per_epoch is not None:
         order = np.resize(order, config.samples_per_epoch)
-    return order.tolist()
+    seeds = np.random.default_rng([config.seed, epoch, 1]).integers(0, 2**62, size=len(order))
+    return [(int(i), int(s)) for i, s in zip(order, seeds, strict=True)]
 
 
-def _batches(
-    dataset: _TileDataset, order: list[int], config: TrainConfig
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    drop_last = len(order) > config.batch_size
-    loader = DataLoader(
+def _make_loader(
+    dataset: _TileDataset,
+    sampler: _EpochSampler,
+    config: TrainConfig,
+    device: torch.device,
+    workers: int,
+    n_keys: int,
+) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    return DataLoader(
         dataset,
         batch_size=config.batch_size,
-        sampler=order,
-        num_workers=config.num_workers,
-        drop_last=drop_last,
-        worker_init_fn=_seed_worker if config.num_workers else None,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=n_keys > config.batch_size,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_worker_init if workers else None,
     )
-    yield from loader
 
 
-def _seed_worker(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    if info is not None:
-        info.dataset.transform.set_random_seed(int(torch.initial_seed() % 2**31) + worker_id)  # type: ignore[attr-defined]
+def _worker_init(worker_id: int) -> None:
+    # Each worker computes with one thread: the workers are the parallelism.
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover - opencv is a dependency
+        pass
 
 
 def train(
@@ -407,7 +529,10 @@ def train(
     progress: ProgressFn | None = None,
     parent_version: str | None = None,
 ) -> TrainResult:
-    """Train as ``config`` says, write the checkpoint to ``config.out``, return the result."""
+    """Train as ``config`` says, write the checkpoint to ``config.out``, return the result.
+
+    Raises :class:`TrainingInterrupted` on Ctrl-C after writing the best checkpoint so far.
+    """
     t0 = time.perf_counter()
     report_fn = progress or (lambda _p: None)
     out = Path(config.out)
@@ -453,8 +578,10 @@ def train(
         name=config.name,
         training_run=config.training_run,
     )
+    workers = config.num_workers if config.num_workers is not None else default_workers(device)
     logger.info(
-        "training %s (%s, %d classes) on %d images, validating on %d, device %s, autocast %s",
+        "training %s (%s, %d classes) on %d images, validating on %d, device %s, autocast %s, "
+        "%d loader workers",
         config.name,
         activation,
         len(class_names),
@@ -462,6 +589,7 @@ def train(
         len(val_frames.images),
         device,
         amp_dtype,
+        workers,
     )
 
     model = build_model(spec).to(device)
@@ -521,10 +649,27 @@ def train(
             )
     resumed_from = start_epoch
 
+    flips_only = config.augment == "flips"
     transform = build_train_transform(
-        config.tile_size, seed=config.seed, defect_crop_p=config.defect_crop_p
+        config.tile_size,
+        seed=config.seed,
+        crop=False,
+        affine=not flips_only,
+        photometric=not flips_only,
     )
-    tiles = _TileDataset(train_frames, transform, mean, std)
+    tiles = _TileDataset(
+        train_frames,
+        transform,
+        mean,
+        std,
+        tile_size=config.tile_size,
+        defect_crop_p=config.defect_crop_p,
+    )
+    val_batches = _ValBatches(val_frames, spec, device, channels_last=config.channels_last)
+    sampler = _EpochSampler()
+    n_keys = len(_epoch_keys(train_frames, config, 0))
+    loader = _make_loader(tiles, sampler, config, device, workers, n_keys)
+    timings = {"data_s": 0.0, "step_s": 0.0, "val_s": 0.0, "crops": 0.0}
     report_fn(
         TrainProgress(
             "start",
@@ -534,147 +679,275 @@ def train(
             message=f"{len(train_frames.images)} train / {len(val_frames.images)} val",
         )
     )
-    stopped_early = False
-    if bad_epochs >= config.patience:
-        stopped_early = True
+    stopped_early = bad_epochs >= config.patience
     epoch = start_epoch
-    while epoch < config.epochs and not stopped_early:
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        transform.set_random_seed(config.seed * 100_003 + epoch)
-        order = _epoch_order(train_frames, config, epoch)
-        steps = max(1, len(order) // config.batch_size) if len(order) > config.batch_size else 1
-        model.train()
-        losses: list[float] = []
-        for step, (x, m) in enumerate(_batches(tiles, order, config), start=1):
-            x = x.to(device, non_blocking=True)
-            if config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            m = m.to(device, non_blocking=True)
-            target = _to_target(m, activation, len(class_names))
-            optimizer.zero_grad(set_to_none=True)
-            with _autocast(device, amp_dtype):
-                logits = model(x)
-            loss = loss_fn(logits, target)
-            if use_scaler:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            losses.append(float(loss.detach()))
-            if step % 20 == 0:
-                logger.info(
-                    "epoch %d step %d/%d loss %.4f (%.0f s)",
-                    epoch + 1,
-                    step,
-                    steps,
-                    float(np.mean(losses[-20:])),
-                    time.perf_counter() - t0,
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def finish(*, interrupted: bool) -> TrainResult:
+        # Reads the loop's state when called: the best weights and history so far.
+        return _finish(
+            config,
+            spec,
+            model,
+            best_state,
+            history=history,
+            best_epoch=best_epoch,
+            val_samples=val_samples,
+            val_frames=val_frames,
+            val_batches=val_batches,
+            device=device,
+            amp_dtype=amp_dtype,
+            binary=binary,
+            n_index_classes=len(index.class_names),
+            fingerprint=fingerprint,
+            parent_version=parent_version,
+            t0=t0,
+            stopped_early=stopped_early,
+            resumed_from=resumed_from,
+            timings=timings,
+            interrupted=interrupted,
+            n_train=len(train_frames.images),
+        )
+
+    try:
+        while epoch < config.epochs and not stopped_early:
+            torch.manual_seed(config.seed * 100_003 + epoch)
+            sampler.keys = _epoch_keys(train_frames, config, epoch)
+            steps = (
+                max(1, len(sampler.keys) // config.batch_size)
+                if len(sampler.keys) > config.batch_size
+                else 1
+            )
+            model.train()
+            losses: list[torch.Tensor] = []
+            shown_loss: float | None = None
+            t_fetch = time.perf_counter()
+            for step, (x, m) in enumerate(loader, start=1):
+                t_step = time.perf_counter()
+                timings["data_s"] += t_step - t_fetch
+                x = x.to(device, non_blocking=True)
+                if config.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                m = m.to(device, non_blocking=True)
+                target = _to_target(m, activation, len(class_names))
+                optimizer.zero_grad(set_to_none=True)
+                with _autocast(device, amp_dtype):
+                    logits = model(x)
+                loss = loss_fn(logits, target)
+                if use_scaler:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                losses.append(loss.detach())
+                timings["crops"] += x.shape[0]
+                if step % 20 == 0 or step == steps:
+                    # One host sync every 20 steps: the loss is shown, not needed per step.
+                    shown_loss = float(torch.stack(losses[-20:]).mean())
+                    logger.info(
+                        "epoch %d step %d/%d loss %.4f (%.0f s)",
+                        epoch + 1,
+                        step,
+                        steps,
+                        shown_loss,
+                        time.perf_counter() - t0,
+                    )
+                report_fn(
+                    TrainProgress(
+                        "step",
+                        epoch,
+                        config.epochs,
+                        step=step,
+                        steps=steps,
+                        loss=shown_loss,
+                        lr=optimizer.param_groups[0]["lr"],
+                        best_score=_finite(best_score),
+                        elapsed_s=time.perf_counter() - t0,
+                    )
                 )
+                t_fetch = time.perf_counter()
+                timings["step_s"] += t_fetch - t_step
+            sync()
+            t_val = time.perf_counter()
+            report, _ = evaluate_model(
+                model, spec, val_batches, device=device, autocast_dtype=amp_dtype
+            )
+            timings["val_s"] += time.perf_counter() - t_val
+            score = report.mean_iou if report.mean_iou is not None else 0.0
+            row = {
+                "epoch": float(epoch),
+                "loss": float(torch.stack(losses).mean()) if losses else math.nan,
+                "lr": float(optimizer.param_groups[0]["lr"]),
+                **report.flat(),
+            }
+            history.append(row)
+            if score > best_score + config.min_delta:
+                best_score, best_epoch, bad_epochs = score, epoch, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            else:
+                bad_epochs += 1
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(score)
+            else:
+                scheduler.step()
+            stopped_early = bad_epochs >= config.patience and epoch + 1 < config.epochs
+            _save_state(
+                spath,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler if use_scaler else None,
+                epoch=epoch,
+                best_score=best_score,
+                best_epoch=best_epoch,
+                bad_epochs=bad_epochs,
+                history=history,
+                best_state=best_state,
+                compat=compat,
+            )
             report_fn(
                 TrainProgress(
-                    "step",
+                    "epoch",
                     epoch,
                     config.epochs,
-                    step=step,
+                    step=steps,
                     steps=steps,
-                    loss=losses[-1],
-                    lr=optimizer.param_groups[0]["lr"],
+                    loss=row["loss"],
+                    lr=row["lr"],
+                    metrics=report.flat(),
                     best_score=_finite(best_score),
                     elapsed_s=time.perf_counter() - t0,
+                    message="early stop" if stopped_early else "",
+                    timings_s=dict(timings),
                 )
             )
-        report, _ = evaluate_model(model, spec, val_frames, device=device, autocast_dtype=amp_dtype)
-        score = report.mean_iou if report.mean_iou is not None else 0.0
-        row = {
-            "epoch": float(epoch),
-            "loss": float(np.mean(losses)) if losses else math.nan,
-            "lr": float(optimizer.param_groups[0]["lr"]),
-            **report.flat(),
-        }
-        history.append(row)
-        if score > best_score + config.min_delta:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(score)
-        else:
-            scheduler.step()
-        stopped_early = bad_epochs >= config.patience and epoch + 1 < config.epochs
-        _save_state(
-            spath,
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler if use_scaler else None,
-            epoch=epoch,
-            best_score=best_score,
-            best_epoch=best_epoch,
-            bad_epochs=bad_epochs,
-            history=history,
-            best_state=best_state,
-            compat=compat,
+            epoch += 1
+    except KeyboardInterrupt as exc:
+        if best_epoch < 0:
+            raise
+        partial = finish(interrupted=True)
+        logger.warning(
+            "training interrupted after %d epochs: best checkpoint so far written to %s",
+            len(history),
+            partial.checkpoint_path,
         )
-        report_fn(
-            TrainProgress(
-                "epoch",
-                epoch,
-                config.epochs,
-                step=steps,
-                steps=steps,
-                loss=row["loss"],
-                lr=row["lr"],
-                metrics=report.flat(),
-                best_score=_finite(best_score),
-                elapsed_s=time.perf_counter() - t0,
-                message="early stop" if stopped_early else "",
-            )
-        )
-        epoch += 1
+        raise TrainingInterrupted(partial) from exc
+    finally:
+        del loader  # stops persistent workers
 
-    # Final: the best weights, thresholds that maximise F1 on validation, metrics with them.
-    model.load_state_dict(best_state)
-    model.eval()
-    first, evaluator = evaluate_model(
-        model, spec, val_frames, device=device, autocast_dtype=amp_dtype
-    )
-    if activation == "sigmoid":
-        thresholds = evaluator.best_thresholds()
-        spec = spec.replace(thresholds=thresholds)
-        final, _ = evaluate_model(model, spec, val_frames, device=device, autocast_dtype=amp_dtype)
-    else:
-        final = first
-    metrics: dict[str, Any] = {
-        **final.flat(),
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "n_train": len(train_frames.images),
-        "n_val": len(val_samples),
-        "val_fraction": config.val_fraction,
-        "split_seed": config.seed,
-        "dataset_fingerprint": fingerprint,
-        "parent_version": parent_version,
-        "best_thresholds": list(first.best_thresholds),
-    }
-    spec = spec.replace(metrics=metrics)
-    cpu_model = copy.deepcopy(model).to("cpu").float()
-    cpu_model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-    digest = save_checkpoint(cpu_model, spec, out)
-    wall = time.perf_counter() - t0
+    try:
+        result = finish(interrupted=False)
+    except KeyboardInterrupt as exc:
+        # Stopped while calibrating: keep the trained weights with the default rule.
+        partial = finish(interrupted=True)
+        raise TrainingInterrupted(partial) from exc
     report_fn(
         TrainProgress(
             "done",
             max(0, epoch - 1),
             config.epochs,
-            metrics=final.flat(),
+            metrics=result.best_metrics,
             best_score=_finite(best_score),
-            elapsed_s=wall,
+            elapsed_s=result.wall_s,
             message=str(out),
+            timings_s=dict(result.timings_s),
         )
     )
+    return result
+
+
+def _finish(
+    config: TrainConfig,
+    spec: ModelSpec,
+    model: torch.nn.Module,
+    best_state: dict[str, torch.Tensor],
+    *,
+    history: list[dict[str, float]],
+    best_epoch: int,
+    val_samples: Sequence[Sample],
+    val_frames: _Frames,
+    val_batches: _ValBatches,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    binary: bool,
+    n_index_classes: int,
+    fingerprint: str,
+    parent_version: str | None,
+    t0: float,
+    stopped_early: bool,
+    resumed_from: int,
+    timings: dict[str, float],
+    interrupted: bool,
+    n_train: int,
+) -> TrainResult:
+    """Best weights -> calibrated decision rule -> scored through inspection -> checkpoint.
+
+    An interrupted run skips calibration and the inspection pass (a supervisor that sent
+    SIGTERM waits only so long): its checkpoint keeps the default rule and the epoch's scores.
+    """
+    t_fin = time.perf_counter()
+    model.load_state_dict(best_state)
+    model.eval()
+    cpu_model = copy.deepcopy(model).to("cpu").float()
+    cpu_model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    calibration: Calibration | None = None
+    if interrupted:
+        report, _ = evaluate_model(
+            model, spec, val_batches, device=device, autocast_dtype=amp_dtype
+        )
+        final = report
+    else:
+        from defectscan.pipeline import Inspector
+
+        samples = tuple(val_samples) if val_samples else val_frames.samples
+        backend = make_backend(
+            "torch",
+            cpu_model,
+            spec.activation,
+            n_channels=spec.n_channels,
+            tile=spec.tile_size,
+            device=str(device),
+            precision=config.precision,
+        )
+        inspector = Inspector(
+            backend,
+            spec,
+            model_version="validation",
+            batch_size=8,  # as `inspect` and `eval` batch by default: the same numbers
+            max_pixels=config.max_pixels,
+        )
+        frames = list(inspect_frames(inspector, samples, n_classes=n_index_classes, binary=binary))
+        if config.calibrate:
+            calibration = calibrate(
+                frames, spec, target_false_reject_rate=config.target_false_reject_rate
+            )
+            spec = calibration.apply(spec)
+            logger.info("verdict calibration: %s", calibration.to_dict())
+        from defectscan.postprocess import PostprocessConfig
+
+        final = score_frames(frames, spec, config=PostprocessConfig.from_spec(spec))
+    timings = {**timings, "finish_s": time.perf_counter() - t_fin}
+    metrics: dict[str, Any] = {
+        **final.flat(),
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "n_train": n_train,
+        "n_val": len(val_samples),
+        "val_fraction": config.val_fraction,
+        "split_seed": config.seed,
+        "dataset_fingerprint": fingerprint,
+        "parent_version": parent_version,
+        "interrupted": interrupted,
+        "scored_by": "epoch-validation" if interrupted else "inspection",
+    }
+    if calibration is not None:
+        metrics["calibration"] = calibration.to_dict()
+    spec = spec.replace(metrics=metrics)
+    out = Path(config.out)
+    digest = save_checkpoint(cpu_model, spec, out)
+    wall = time.perf_counter() - t0
     return TrainResult(
         checkpoint_path=out,
         spec=spec,
@@ -685,12 +958,15 @@ def train(
         report=final,
         history=history,
         dataset_fingerprint=fingerprint,
-        n_train=len(train_frames.images),
+        n_train=n_train,
         n_val=len(val_samples),
         wall_s=wall,
         stopped_early=stopped_early,
         resumed_from_epoch=resumed_from,
         parent_version=parent_version,
+        interrupted=interrupted,
+        calibration=calibration.to_dict() if calibration is not None else None,
+        timings_s=timings,
     )
 
 

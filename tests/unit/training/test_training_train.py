@@ -11,7 +11,7 @@ import torch
 
 from defectscan.model.checkpoint import load_checkpoint
 from defectscan.synth import write_dataset
-from defectscan.training import TrainConfig, TrainProgress, state_path, train
+from defectscan.training import TrainConfig, TrainProgress, evaluate_dataset, state_path, train
 
 
 class _InterruptedError(Exception):
@@ -61,10 +61,16 @@ def test_binary_sigmoid_training_reaches_iou_08(tmp_path: Path) -> None:
     assert result.spec.activation == "sigmoid"
     assert result.spec.class_names == ("defect",)
     assert result.best_metrics["iou/defect"] >= 0.8, result.history
-    # The F1-best threshold travels in the checkpoint, with the metrics.
+    # The calibrated decision rule travels in the checkpoint, and it is the one the metrics
+    # were measured with: inspecting the validation split with the saved file reproduces them.
     ckpt = load_checkpoint(result.checkpoint_path)
-    assert ckpt.spec.thresholds == result.spec.thresholds
-    assert ckpt.spec.thresholds[0] != 0.5 or "best_thresholds" in ckpt.spec.metrics
+    assert result.calibration is not None
+    assert ckpt.spec.thresholds == tuple(result.calibration["thresholds"])
+    assert ckpt.spec.min_area == tuple(result.calibration["min_area"])
+    assert ckpt.spec.metrics["calibration"] == result.calibration
+    rescored = evaluate_dataset(ckpt, data, split="val").flat()
+    for key in ("iou/defect", "image_recall", "false_reject_rate"):
+        assert rescored[key] == pytest.approx(result.best_metrics[key], abs=1e-6), key
     assert ckpt.spec.metrics["iou/defect"] == pytest.approx(result.best_metrics["iou/defect"])
     assert ckpt.spec.metrics["dataset_fingerprint"] == result.dataset_fingerprint
     assert (ckpt.spec.n_channels, ckpt.spec.channel_order) == (1, "GRAY")
@@ -75,8 +81,11 @@ def test_binary_sigmoid_training_reaches_iou_08(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_multiclass_softmax_training_reaches_iou_08(tmp_path: Path) -> None:
     # Two classes told apart by size (small spots, large stains). A class-wise IoU needs more
-    # examples than the binary task (120 images, 22 short epochs: about 45 s on 2 cores), and
-    # the rare small spots need a class weight, as tiny real defects do.
+    # examples than the binary task (120 images, 22 short epochs), and the rare small spots
+    # need a class weight, as tiny real defects do. At lr 1e-2 with affine and photometric
+    # augmentation the result depended on the CPU's arithmetic (0.75 in fp32 on an AMD EPYC,
+    # above 0.8 in bf16 on a Xeon); lr 5e-3 with flips and turns reaches about 0.89 / 0.96 in
+    # fp32 (AMD EPYC, DEFECTSCAN_DISABLE_BF16 or not), a margin that does not hinge on rounding.
     data = _easy(tmp_path, binary=False, n=120)
     cfg = _config(
         data,
@@ -84,6 +93,8 @@ def test_multiclass_softmax_training_reaches_iou_08(tmp_path: Path) -> None:
         epochs=22,
         samples_per_epoch=192,
         tile_size=96,
+        lr=5e-3,
+        augment="flips",
         class_weights=(0.5, 4.0, 1.0),
     )
     result = train(cfg)
