@@ -221,3 +221,16 @@ def store_sessions(db_sessions: sessionmaker[Session]) -> sessionmaker[Session]:
 def make_record() -> Callable[..., InspectionRecord]:
     """:func:`make_inspection_record`: deterministic test inspections."""
     return make_inspection_record
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prefect server for this test session (``prefect_test_harness``); its API URL."""
+    from defectscan.orchestration import configure_prefect
+
+    configure_prefect(tmp_path_factory.mktemp("var"))
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield str(PREFECT_API_URL.value())

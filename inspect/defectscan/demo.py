@@ -17,9 +17,10 @@ from sqlalchemy import func, select
 
 from defectscan import synth
 from defectscan.config import LineConfig
-from defectscan.pipeline import ImageRecord, Inspector
+from defectscan.pipeline import ImageRecord, InspectionResult, Inspector
 from defectscan.report import html_report, write_result_images
-from defectscan.store.db import make_engine, session_factory, upgrade_to_head
+from defectscan.service import inspect_and_store, register_model
+from defectscan.store.db import ensure_schema, make_engine, session_factory
 from defectscan.store.schema import Inspection, ModelVersion
 from defectscan.store.writer import ResultWriter
 
@@ -111,8 +112,8 @@ def run_demo(
     ]
     say(f"camera dropped {images} parts into {camera}")
 
-    upgrade_to_head(database_url)
     engine = make_engine(database_url)
+    ensure_schema(engine)
     writer = ResultWriter(engine, batch_size=16)
     # The demo line drops specks below a few pixels, as a real line's config would
     # (DEFECTSCAN_CONFIG YAML, ``lines:``): a small, briefly trained model fragments thin
@@ -121,7 +122,7 @@ def run_demo(
     inspector = Inspector.from_checkpoint(
         model_path, backend="auto", device=device, batch_size=8, lines={"demo": line}
     )
-    writer.register_model(**inspector.model_registration())
+    register_model(writer, inspector)
     if not val_iou:
         metrics = inspector.spec.metrics
         val_iou = {c: metrics.get(f"iou/{c}") for c in inspector.spec.class_names}
@@ -140,16 +141,17 @@ def run_demo(
     found = []
     t0 = time.perf_counter()
     records = [ImageRecord.from_path(p, camera="cam-1", line="demo") for p in paths]
-    for result in inspector.inspect(records, keep_images=True):
+
+    def keep(result: InspectionResult) -> tuple[str | None, str | None]:
         stem = Path(result.record.id).stem
         mask, over = write_result_images(result, out, stem, inspector.spec.class_names)
-        result.image = None
-        writer.add(result.to_store_record(mask_path=str(mask), overlay_path=str(over)))
         summary.verdicts[result.verdict or "rejected"] += 1
         summary.defects_by_class.update(d.class_name for d in result.defects)
         found.append(result.verdict == "fail")
         rows.append({**result.to_dict(), "path": str(result.record.path), "overlay": str(over)})
-    writer.flush()
+        return str(mask), str(over)
+
+    inspect_and_store(records, inspector=inspector, writer=writer, on_result=keep, keep_images=True)
     summary.inspect_seconds = time.perf_counter() - t0
     defective = [f for f, t in zip(found, truth, strict=True) if t]
     clean = [f for f, t in zip(found, truth, strict=True) if not t]

@@ -6,14 +6,28 @@ probabilities into a class map, defects and a verdict. It is backend-agnostic (t
 ONNX Runtime) and knows nothing of where records come from or where results go: sources and
 the results store sit around it.
 
-Decoding of the next frames runs on a worker thread while the current batch is inferred
-(OpenCV and the numpy normalisation release the GIL), so host work overlaps the model.
+The stages overlap (DESIGN §6): frames are read, hashed, decoded and normalised on a pool
+of decode threads sized to the cores (OpenCV and numpy release the GIL); batches run on one
+inference thread, with the next batch queued behind the one computing; stitched frames are
+post-processed on a post-processing thread; and while the caller stores a result (database
+writes), the model keeps computing. Every queue is bounded, so a slow consumer holds the
+pipeline back instead of letting it read the whole input ahead.
+
+Frames larger than ``stream_pixels`` are never held as full-frame float arrays: tiles are
+cut and normalised on demand from the decoded pixels, probabilities are stitched in bands of
+rows, each band is thresholded as it is finished and spilled to an unlinked temporary file,
+and post-processing reads back only the region where some class fired. A 16k x 16k frame is
+inspected in about the memory of its decoded pixels and its uint8 class map.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+import os
+import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -26,53 +40,36 @@ from typing import Any, Literal
 import numpy as np
 
 from defectscan.config import LineConfig
-from defectscan.errors import DefectscanError, ImageDecodeError
+from defectscan.errors import DefectscanError
 from defectscan.imaging import DecodedImage, decode, sha256_bytes, to_model_input
 from defectscan.model.backends import Backend, BackendName, Precision, make_backend
 from defectscan.model.checkpoint import Checkpoint, load_checkpoint
 from defectscan.model.spec import ModelSpec
-from defectscan.postprocess import Defect, PostprocessConfig, postprocess
+from defectscan.postprocess import (
+    Defect,
+    PostprocessConfig,
+    Postprocessed,
+    class_masks,
+    postprocess,
+)
+from defectscan.sources.base import ImageRecord
 from defectscan.store.records import DefectRecord, InspectionRecord
-from defectscan.tiling import Stitcher, TileBatch, TileGrid, batch_tiles, make_grid
+from defectscan.tiling import (
+    BandStitcher,
+    Stitcher,
+    TileBatch,
+    TileGrid,
+    TileReader,
+    batch_tiles,
+    make_grid,
+)
 
-__all__ = ["ImageRecord", "InspectionResult", "Inspector"]
+__all__ = ["DEFAULT_STREAM_PIXELS", "ImageRecord", "InspectionResult", "Inspector", "cpu_cores"]
+
+#: Frames with more pixels than this are tiled on demand and stitched band by band.
+DEFAULT_STREAM_PIXELS = 24_000_000
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One image to inspect, as a source delivers it: bytes in memory or a file path."""
-
-    id: str
-    uri: str
-    data: bytes | None = None
-    path: Path | None = None
-    camera: str | None = None
-    line: str | None = None
-    captured_at: datetime | None = None
-    source: str | None = None
-
-    @classmethod
-    def from_path(
-        cls, path: str | Path, *, camera: str | None = None, line: str | None = None
-    ) -> ImageRecord:
-        """A record that reads its bytes from ``path`` when inspected."""
-        p = Path(path)
-        return cls(id=str(p), uri=p.resolve().as_uri(), path=p, camera=camera, line=line)
-
-    def read(self) -> bytes:
-        """The image bytes (read from disk for path records)."""
-        if self.data is not None:
-            return self.data
-        if self.path is None:
-            msg = f"record {self.id} has neither bytes nor a path"
-            raise ImageDecodeError(msg)
-        try:
-            return self.path.read_bytes()
-        except OSError as exc:
-            msg = f"cannot read {self.path}: {exc.strerror or exc}"
-            raise ImageDecodeError(msg) from exc
 
 
 @dataclass
@@ -95,6 +92,11 @@ class InspectionResult:
     received_at: datetime | None = None
     finished_at: datetime | None = None
     image: DecodedImage | None = field(default=None, repr=False)
+    tiles: int = 0
+    #: Highest probability of each defect class anywhere in the frame.
+    peak_scores: dict[str, float] = field(default_factory=dict)
+    #: How far the closest class peak is from its decision threshold (small = a close call).
+    decision_margin: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (the CLI's ``--json`` object, without output paths)."""
@@ -160,15 +162,149 @@ class _Job:
     """One decoded frame on its way through tiling, inference and stitching."""
 
     result: InspectionResult
-    tensor: np.ndarray
+    tensor: np.ndarray | TileReader
     grid: TileGrid
-    stitcher: Stitcher
+    stitcher: Stitcher | BandStitcher
     started: float
     infer_s: float = 0.0
+    bands: _BandPost | None = None
+    post: Future[InspectionResult] | None = None
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+class _LazyTiles:
+    """A large frame's tiles, cut from the decoded pixels and normalised one at a time."""
+
+    def __init__(self, image: DecodedImage, spec: ModelSpec) -> None:
+        self._image = image
+        self._spec = spec
+        self.shape = (spec.n_channels, image.height, image.width)
+
+    def read_tile(self, grid: TileGrid, index: int) -> np.ndarray:
+        """Tile ``index`` normalised like the whole frame would be (normalising is per pixel)."""
+        y, x = grid.position(index)
+        t = grid.tile
+        crop = np.ascontiguousarray(self._image.pixels[y : y + t, x : x + t])
+        spec = self._spec
+        tile = to_model_input(
+            dataclasses.replace(self._image, pixels=crop),
+            n_channels=spec.n_channels,
+            channel_order=spec.channel_order,
+            mean=spec.mean,
+            std=spec.std,
+        )
+        pad_y, pad_x = t - tile.shape[1], t - tile.shape[2]
+        if pad_y or pad_x:
+            tile = np.pad(tile, ((0, 0), (0, pad_y), (0, pad_x)), mode="symmetric")
+        return tile
+
+
+class _BandPost:
+    """Per-band work for a large frame: peaks, where classes fire, probabilities spilled.
+
+    Bands are written row-major (``[rows, K, W]`` float32) to an unlinked temporary file: the
+    page cache holds them, not this process. At the end only the rows and columns around
+    pixels over threshold are read back and post-processed, which gives exactly what
+    post-processing the whole frame gives (its work is confined to those regions anyway).
+    """
+
+    def __init__(self, grid: TileGrid, channels: int, cfg: PostprocessConfig) -> None:
+        self.grid = grid
+        self.channels = channels
+        self.cfg = cfg
+        self.peaks = np.full(channels, -np.inf, dtype=np.float64)
+        self.box: list[int] | None = None  # y0, y1, x0, x1 of pixels over threshold
+        # Closed by finish() or close(): it lives as long as the frame, not a block.
+        self._file = tempfile.TemporaryFile(prefix="defectscan-bands-")  # noqa: SIM115
+
+    def add(self, y0: int, band: np.ndarray) -> None:
+        """Take the finished rows ``[y0, y0 + rows)`` of the frame's probabilities."""
+        np.maximum(self.peaks, band.reshape(self.channels, -1).max(axis=1), out=self.peaks)
+        any_mask: np.ndarray | None = None
+        for mask in class_masks(band, self.cfg):
+            any_mask = mask if any_mask is None else any_mask | mask
+        if any_mask is not None and any_mask.any():
+            rows = np.flatnonzero(any_mask.any(axis=1))
+            cols = np.flatnonzero(any_mask.any(axis=0))
+            box = [y0 + int(rows[0]), y0 + int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1]
+            if self.box is None:
+                self.box = box
+            else:
+                self.box = [
+                    min(self.box[0], box[0]),
+                    max(self.box[1], box[1]),
+                    min(self.box[2], box[2]),
+                    max(self.box[3], box[3]),
+                ]
+        self._file.seek(y0 * self.channels * self.grid.width * 4)
+        self._file.write(np.ascontiguousarray(band.transpose(1, 0, 2)).tobytes())
+
+    def peak_array(self) -> np.ndarray:
+        """Per-channel maxima shaped like a one-pixel frame (for :func:`_peaks`)."""
+        return self.peaks.astype(np.float32).reshape(self.channels, 1, 1)
+
+    def finish(self) -> Postprocessed:
+        """Class map, defects and verdict of the whole frame."""
+        h, w, k = self.grid.height, self.grid.width, self.channels
+        class_map = np.zeros((h, w), dtype=np.uint8)
+        try:
+            if self.box is None:
+                return Postprocessed(class_map=class_map, defects=[], verdict="pass")
+            # The margin post-processing itself grows each class's region by.
+            margin = self.cfg.morph_kernel + 2 if self.cfg.morph_kernel > 0 else 0
+            y0, y1 = max(0, self.box[0] - margin), min(h, self.box[1] + margin)
+            x0, x1 = max(0, self.box[2] - margin), min(w, self.box[3] + margin)
+            crop = np.empty((k, y1 - y0, x1 - x0), dtype=np.float32)
+            step = max(1, (64 << 20) // (k * w * 4))  # read back in chunks of about 64 MiB
+            for a in range(y0, y1, step):
+                b = min(y1, a + step)
+                self._file.seek(a * k * w * 4)
+                rows = np.fromfile(self._file, dtype=np.float32, count=(b - a) * k * w)
+                crop[:, a - y0 : b - y0] = rows.reshape(b - a, k, w)[:, :, x0:x1].transpose(1, 0, 2)
+        finally:
+            self._file.close()
+        post = postprocess(crop, self.cfg)
+        class_map[y0:y1, x0:x1] = post.class_map
+        defects = [
+            dataclasses.replace(
+                d,
+                bbox=(d.bbox[0] + x0, d.bbox[1] + y0, d.bbox[2], d.bbox[3]),
+                centroid=(d.centroid[0] + x0, d.centroid[1] + y0),
+                polygon=[[p[0] + x0, p[1] + y0] for p in d.polygon],
+            )
+            for d in post.defects
+        ]
+        return Postprocessed(class_map=class_map, defects=defects, verdict=post.verdict)
+
+    def close(self) -> None:
+        """Drop the spilled bands (a frame abandoned half way)."""
+        self._file.close()
+
+
+def _peaks(probs: np.ndarray, cfg: PostprocessConfig) -> tuple[dict[str, float], float | None]:
+    """Per-class peak probability and the smallest distance of a peak to its threshold."""
+    offset = 1 if cfg.activation == "softmax" else 0  # softmax channel 0 is background
+    flat = probs.reshape(probs.shape[0], -1)
+    peaks = flat[offset:].max(axis=1) if flat.shape[1] else np.zeros(len(cfg.class_names))
+    scores = {name: float(p) for name, p in zip(cfg.class_names, peaks, strict=True)}
+    if cfg.activation == "sigmoid":
+        limits = [float(t) for t in cfg.thresholds]
+    else:
+        # argmax wins at 0.5 for sure; below it a class can still win against a split rest.
+        limits = [max(cfg.min_confidence, 0.5)] * len(cfg.class_names)
+    margin = min((abs(p - t) for p, t in zip(scores.values(), limits, strict=True)), default=None)
+    return scores, margin
 
 
 class Inspector:
@@ -185,8 +321,10 @@ class Inspector:
         batch_size: int = 8,
         max_pixels: int = 80_000_000,
         lines: dict[str, LineConfig] | None = None,
-        prefetch: int = 2,
+        prefetch: int | None = None,
         checkpoint: Checkpoint | None = None,
+        decode_workers: int | None = None,
+        stream_pixels: int = DEFAULT_STREAM_PIXELS,
     ) -> None:
         self.backend = backend
         self.spec = spec
@@ -203,9 +341,25 @@ class Inspector:
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.lines = dict(lines or {})
-        self.prefetch = max(0, prefetch)
+        if decode_workers is not None and decode_workers < 1:
+            msg = f"decode_workers must be >= 1 (or None: sized to the cores), got {decode_workers}"
+            raise DefectscanError(msg)
+        self.decode_workers = decode_workers or self._default_decode_workers()
+        # Frames decoded ahead of the one being tiled: enough to keep every decoder busy.
+        self.prefetch = max(0, 2 * self.decode_workers if prefetch is None else prefetch)
+        self.stream_pixels = stream_pixels
         self._post_cfg: dict[str | None, PostprocessConfig] = {}
+        self._post_lock = threading.Lock()
+        self._infer_pool: ThreadPoolExecutor | None = None
         self.postprocess_config(None)  # validate the spec's defaults now, not on the first frame
+
+    def _default_decode_workers(self) -> int:
+        cores = cpu_cores()
+        if str(getattr(self.backend, "device", "cpu")).startswith("cuda"):
+            # The GPU does the model: every core but one (which feeds the GPU) decodes.
+            return max(1, min(16, cores - 1))
+        # The CPU engine uses every core itself: decoders only fill its short gaps.
+        return max(1, min(4, cores // 2))
 
     @classmethod
     def from_checkpoint(
@@ -241,12 +395,13 @@ class Inspector:
 
     def model_registration(self) -> dict[str, Any]:
         """Arguments for registering this model version in the results store."""
-        ckpt = self.checkpoint
+        if self.checkpoint is not None:
+            return self.checkpoint.registration()
         return {
             "version": self.model_version,
-            "sha256": ckpt.sha256 if ckpt else sha256_bytes(self.model_version.encode()),
+            "sha256": sha256_bytes(self.model_version.encode()),
             "name": self.spec.name,
-            "checkpoint_path": str(ckpt.path) if ckpt and ckpt.path else None,
+            "checkpoint_path": None,
             "spec": self.spec.to_dict(),
             "activation": self.spec.activation,
             "class_names": list(self.spec.class_names),
@@ -254,11 +409,13 @@ class Inspector:
 
     def postprocess_config(self, line: str | None) -> PostprocessConfig:
         """The post-processing rules for a production line (the model's defaults if unknown)."""
-        cfg = self._post_cfg.get(line)
-        if cfg is None:
-            cfg = PostprocessConfig.from_spec(self.spec, self.lines.get(line) if line else None)
-            self._post_cfg[line] = cfg
-        return cfg
+        with self._post_lock:  # called from the decode and post-processing threads
+            cfg = self._post_cfg.get(line)
+            if cfg is None:
+                line_cfg = self.lines.get(line) if line else None
+                cfg = PostprocessConfig.from_spec(self.spec, line_cfg)
+                self._post_cfg[line] = cfg
+            return cfg
 
     def inspect_one(self, record: ImageRecord, *, keep_image: bool = False) -> InspectionResult:
         """Inspect a single record."""
@@ -267,46 +424,95 @@ class Inspector:
     def inspect(
         self, records: Iterable[ImageRecord], *, keep_images: bool = False
     ) -> Iterator[InspectionResult]:
-        """Inspect ``records`` lazily, batching tiles across frames; yields in input order."""
+        """Inspect ``records`` lazily, batching tiles across frames; yields in input order.
+
+        While the caller handles a result, the model computes the next batch (on the
+        inference thread) and finished frames are post-processed (on the post thread).
+        """
         # Frames in input order; a rejected record sits here as its finished result so that
         # results keep input order.
         active: deque[_Job | InspectionResult] = deque()
         jobs: dict[int, _Job] = {}  # batch_tiles' frame index -> frame still receiving tiles
         frame_index = itertools.count()
+        inflight: deque[tuple[TileBatch, Future[tuple[np.ndarray, float]]]] = deque()
+        infer = self._inference_pool()
 
-        def frames() -> Iterator[tuple[np.ndarray, TileGrid]]:
+        def frames() -> Iterator[tuple[np.ndarray | TileReader, TileGrid]]:
             for item in self._prepared(records, keep_images):
                 active.append(item)
                 if isinstance(item, _Job):
                     jobs[next(frame_index)] = item
                     yield item.tensor, item.grid
 
-        for batch in batch_tiles(frames(), self.batch_size):
-            self._run_batch(batch, jobs)
-            yield from self._drain(active)
-        yield from self._drain(active)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="defectscan-post") as post:
+            try:
+                for batch in batch_tiles(frames(), self.batch_size):
+                    inflight.append((batch, infer.submit(self._infer, batch)))
+                    # One batch computing and one queued behind it keep the engine busy.
+                    while len(inflight) > 1:
+                        done, fut = inflight.popleft()
+                        self._stitch(done, *fut.result(), jobs, post)
+                    yield from self._drain(active, block=len(active) > 2 * self.prefetch + 4)
+                while inflight:
+                    done, fut = inflight.popleft()
+                    self._stitch(done, *fut.result(), jobs, post)
+                yield from self._drain(active, block=True)
+            finally:
+                for _, fut in inflight:
+                    fut.cancel()
+                for item in active:
+                    if isinstance(item, _Job) and item.bands is not None and item.post is None:
+                        item.bands.close()
+
+    def _inference_pool(self) -> ThreadPoolExecutor:
+        """The one thread that runs this inspector's engine (CUDA graphs stay on one thread)."""
+        if self._infer_pool is None:
+            self._infer_pool = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="defectscan-infer"
+            )
+        return self._infer_pool
+
+    def _infer(self, batch: TileBatch) -> tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        probs = self.backend.infer(batch.tiles)
+        return probs, time.perf_counter() - t0
 
     def _prepared(
         self, records: Iterable[ImageRecord], keep_images: bool
     ) -> Iterator[_Job | InspectionResult]:
-        """Decode ahead on a worker thread, ``prefetch`` records beyond the one in use."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="defectscan-decode") as pool:
+        """Decode ahead on the decode pool, ``prefetch`` records beyond the one in use."""
+        with ThreadPoolExecutor(
+            max_workers=self.decode_workers, thread_name_prefix="defectscan-decode"
+        ) as pool:
             pending: deque[Future[_Job | InspectionResult]] = deque()
             source = iter(records)
-            while True:
-                while len(pending) <= self.prefetch:
-                    rec = next(source, None)
-                    if rec is None:
-                        break
-                    pending.append(pool.submit(self._prepare, rec, keep_images))
-                if not pending:
-                    return
-                yield pending.popleft().result()
+            try:
+                while True:
+                    while len(pending) <= self.prefetch:
+                        rec = next(source, None)
+                        if rec is None:
+                            break
+                        pending.append(pool.submit(self._prepare, rec, keep_images))
+                    if not pending:
+                        return
+                    yield pending.popleft().result()
+            finally:
+                for fut in pending:
+                    fut.cancel()
 
-    def _drain(self, active: deque[_Job | InspectionResult]) -> Iterator[InspectionResult]:
-        while active and (isinstance(active[0], InspectionResult) or active[0].stitcher.done):
-            head = active.popleft()
-            yield head if isinstance(head, InspectionResult) else self._finish(head)
+    def _drain(
+        self, active: deque[_Job | InspectionResult], *, block: bool
+    ) -> Iterator[InspectionResult]:
+        """Finished results at the head of ``active``; ``block`` waits for post-processing."""
+        while active:
+            head = active[0]
+            if isinstance(head, InspectionResult):
+                yield active.popleft()
+                continue
+            if head.post is None or not (block or head.post.done()):
+                return
+            active.popleft()
+            yield head.post.result()
 
     def _prepare(self, record: ImageRecord, keep_image: bool) -> _Job | InspectionResult:
         """Read, hash, decode and normalise one record (runs on the decode thread)."""
@@ -318,12 +524,18 @@ class Inspector:
             if data:
                 sha = sha256_bytes(data)
             image = decode(data, max_pixels=self.max_pixels)
-            tensor = to_model_input(
-                image,
-                n_channels=self.spec.n_channels,
-                channel_order=self.spec.channel_order,
-                mean=self.spec.mean,
-                std=self.spec.std,
+            del data  # a large frame's encoded bytes need not outlive its decoding
+            # Large frames: no full-frame float tensor; tiles are normalised on demand.
+            tensor = (
+                None
+                if image.height * image.width > self.stream_pixels
+                else to_model_input(
+                    image,
+                    n_channels=self.spec.n_channels,
+                    channel_order=self.spec.channel_order,
+                    mean=self.spec.mean,
+                    std=self.spec.std,
+                )
             )
         except DefectscanError as exc:
             log.warning("rejected %s: %s", record.uri, exc)
@@ -354,12 +566,23 @@ class Inspector:
             image=image if keep_image else None,
             timings_ms={"decode": (time.perf_counter() - started) * 1e3},
         )
+        if tensor is None:
+            bands = _BandPost(grid, n_out, self.postprocess_config(record.line))
+            stitcher = BandStitcher(grid, n_out, bands.add)
+            lazy = _LazyTiles(image, self.spec)
+            return _Job(result, lazy, grid, stitcher, started, bands=bands)
         return _Job(result, tensor, grid, Stitcher(grid, n_out), started)
 
-    def _run_batch(self, batch: TileBatch, jobs: dict[int, _Job]) -> None:
-        t0 = time.perf_counter()
-        probs = self.backend.infer(batch.tiles)
-        share = (time.perf_counter() - t0) / len(batch.keys)
+    def _stitch(
+        self,
+        batch: TileBatch,
+        probs: np.ndarray,
+        seconds: float,
+        jobs: dict[int, _Job],
+        post: ThreadPoolExecutor,
+    ) -> None:
+        """Blend a batch's outputs into their frames; post-process frames that are complete."""
+        share = seconds / len(batch.keys)
         if probs.shape[:2] != (len(batch.keys), self.spec.n_classes):
             msg = (
                 f"backend {self.backend.name} returned {probs.shape}, expected "
@@ -372,13 +595,23 @@ class Inspector:
             job.infer_s += share
             if job.stitcher.done:
                 del jobs[frame]  # a long-running monitor must not keep finished frames
+                job.post = post.submit(self._finish, job)
 
     def _finish(self, job: _Job) -> InspectionResult:
+        """Post-process one stitched frame into its result (runs on the post thread)."""
         t0 = time.perf_counter()
         result = job.result
-        probs = job.stitcher.result()
+        cfg = self.postprocess_config(result.record.line)
         job.tensor = np.empty(0, np.float32)  # free the frame before post-processing
-        post = postprocess(probs, self.postprocess_config(result.record.line))
+        if job.bands is not None:
+            post = job.bands.finish()
+            peaks_from = job.bands.peak_array()
+        else:
+            probs = job.stitcher.result()
+            post = postprocess(probs, cfg)
+            peaks_from = probs
+        result.tiles = job.grid.n_tiles
+        result.peak_scores, result.decision_margin = _peaks(peaks_from, cfg)
         result.class_map = post.class_map
         result.defects = post.defects
         result.verdict = post.verdict

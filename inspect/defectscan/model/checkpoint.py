@@ -52,6 +52,22 @@ class Checkpoint:
         """Short stable identity: model name and the first 12 hex digits of the weights hash."""
         return f"{self.spec.name}-{self.sha256[:12]}"
 
+    def registration(self) -> dict[str, Any]:
+        """Arguments of ``store.ensure_model_version`` for this checkpoint.
+
+        The one place that says how a checkpoint is registered: the path is absolute, so the
+        registry can load it from any working directory (monitors, flows, the promotion gate).
+        """
+        return {
+            "version": self.version,
+            "sha256": self.sha256,
+            "name": self.spec.name,
+            "checkpoint_path": str(self.path.resolve()) if self.path else None,
+            "spec": self.spec.to_dict(),
+            "activation": self.spec.activation,
+            "class_names": list(self.spec.class_names),
+        }
+
 
 def build_model(spec: ModelSpec) -> UNet:
     """A freshly initialised network of the architecture ``spec`` describes."""

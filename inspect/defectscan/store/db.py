@@ -34,10 +34,12 @@ from defectscan.errors import StoreError
 __all__ = [
     "REPO_ROOT",
     "alembic_config",
+    "ensure_schema",
     "is_retryable",
     "make_engine",
     "migrations_dir",
     "retrying",
+    "schema_revisions",
     "scratch_database",
     "session_factory",
     "upgrade_to_head",
@@ -223,16 +225,34 @@ def with_retries(
 
 
 def migrations_dir() -> Path:
-    """``<repo>/migrations``; a :class:`StoreError` that says what to do if it is missing."""
-    path = REPO_ROOT / "migrations"
-    if not (path / "env.py").is_file():
-        msg = (
-            f"Alembic migrations not found at {path} (no env.py). They ship with the source "
-            "tree, not inside the package: install defectscan from a clone with "
-            "`pip install -e .` and run from there"
-        )
-        raise StoreError(msg)
-    return path
+    """The Alembic migrations folder (with ``env.py``), wherever defectscan is installed.
+
+    An installed wheel carries them as the package ``defectscan._migrations`` (built from the
+    top-level ``migrations/``); a source checkout whose install predates that mapping falls
+    back to ``<repo>/migrations``.
+    """
+    from importlib.resources import as_file, files
+
+    candidates: list[Path] = []
+    try:
+        env = files("defectscan._migrations") / "env.py"
+    except ModuleNotFoundError:
+        pass
+    else:
+        if env.is_file():
+            # A wheel unpacked on disk: as_file hands back the real path, no temporary copy.
+            with as_file(env) as path:
+                candidates.append(Path(path).parent)
+    candidates.append(REPO_ROOT / "migrations")
+    for path in candidates:
+        if (path / "env.py").is_file():
+            return path
+    msg = (
+        f"Alembic migrations not found (looked in {', '.join(map(str, candidates))}): the "
+        "defectscan install is incomplete; reinstall it (`pip install --force-reinstall "
+        "defectscan`, or `pip install -e .` from a clone)"
+    )
+    raise StoreError(msg)
 
 
 def alembic_config(engine_or_url: Engine | str | None = None) -> Any:
@@ -284,3 +304,55 @@ def scratch_database(admin_url: str, *, prefix: str = "defectscan_scratch") -> I
             # FORCE: a run that failed half-way may leave connections open.
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+def schema_revisions(engine: Engine) -> tuple[str | None, str | None, bool]:
+    """``(current, head, empty)``: the database's Alembic revision, the code's, no tables yet."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import inspect as sa_inspect
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+        empty = not sa_inspect(connection).get_table_names()
+    return current, head, empty
+
+
+def ensure_schema(engine: Engine, *, create_new_sqlite: bool = True) -> str | None:
+    """Check that the database is at the code's migration head; never migrate it.
+
+    Runtime commands (monitor, inspect --store, flows) call this instead of upgrading: several
+    monitors share one PostgreSQL and must not race Alembic, and an operator decides when a
+    schema changes (``defectscan db upgrade``). The one exception is a brand-new, empty SQLite
+    file (the embedded default), which is created at head under a file lock.
+    """
+    current, head, empty = schema_revisions(engine)
+    if current == head:
+        return head
+    url = engine.url
+    if empty and current is None and create_new_sqlite and url.get_backend_name() == "sqlite":
+        database = url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            import fcntl
+
+            lock_path = Path(database).expanduser().with_suffix(".migrate.lock")
+            with lock_path.open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                current, head, empty = schema_revisions(engine)
+                if current is None and empty:
+                    logger.info("creating a new results database at %s", database)
+                    upgrade_to_head(engine)
+                    return head
+        else:
+            upgrade_to_head(engine)
+            return head
+        if current == head:
+            return head
+    shown = url.render_as_string(hide_password=True)
+    msg = (
+        f"the results database {shown} is at schema revision {current or 'none (empty)'}, "
+        f"this defectscan needs {head}; run `defectscan db upgrade` (with the same "
+        "DEFECTSCAN_DATABASE_URL) once, then start again"
+    )
+    raise StoreError(msg)

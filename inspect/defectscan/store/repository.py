@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from defectscan.store.schema import (
     TRAINING_TRIGGERS,
     VERDICTS,
     Defect,
+    Event,
     Inspection,
     ModelVersion,
     Review,
@@ -57,7 +59,9 @@ __all__ = [
     "latency_percentiles",
     "list_model_versions",
     "mark_reviews_used",
+    "recent_events",
     "recent_inspections",
+    "record_event",
     "record_rejection",
     "rejection_record",
     "reviews_for_training",
@@ -739,6 +743,13 @@ def ensure_model_version(
             f"not {sha256[:12]}; give the new checkpoint its own version name"
         )
         raise StoreError(msg)
+    if checkpoint_path and existing.checkpoint_path != checkpoint_path:
+        # Same weights at another place: keep a path that still loads (an absolute one that
+        # exists wins over a relative or vanished one).
+        old = existing.checkpoint_path
+        if not old or not os.path.isabs(old) or not os.path.isfile(old):
+            existing.checkpoint_path = checkpoint_path
+            session.flush()
     return existing
 
 
@@ -935,6 +946,11 @@ def save_run_metrics(
     latency_p95_ms: float | None = None,
     flow_name: str | None = None,
     line: str | None = None,
+    tiles: int = 0,
+    failed: int = 0,
+    defect_rate: float | None = None,
+    rejected_by_reason: dict[str, int] | None = None,
+    model_version: str | None = None,
 ) -> RunMetric:
     """Record a flow run's counts and speed over one window; saving a window again updates it."""
     _aware(window_start, "window_start")
@@ -950,6 +966,11 @@ def save_run_metrics(
         "throughput_per_s": throughput_per_s,
         "latency_p50_ms": latency_p50_ms,
         "latency_p95_ms": latency_p95_ms,
+        "tiles": tiles,
+        "failed": failed,
+        "defect_rate": defect_rate,
+        "rejected_by_reason": dict(rejected_by_reason) if rejected_by_reason else None,
+        "model_version": model_version,
         "created_at": utcnow(),
     }
     stmt = _insert(session, RunMetric).values(**values)
@@ -967,3 +988,47 @@ def save_run_metrics(
         .where(and_(RunMetric.flow_run_id == flow_run_id, RunMetric.window_start == window_start))
         .execution_options(populate_existing=True)
     ).one()
+
+
+# --------------------------------------------------------------------------- events
+
+
+def record_event(
+    *,
+    session: Session,
+    kind: str,
+    message: str,
+    level: str = "info",
+    line: str | None = None,
+    model_version: str | None = None,
+    flow_run_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> Event:
+    """Record an operational event (model switch, failed model load, released batch)."""
+    event = Event(
+        kind=kind,
+        level=level,
+        line=line,
+        model_version=model_version,
+        flow_run_id=flow_run_id,
+        message=message,
+        details=details,
+        created_at=utcnow(),
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def recent_events(
+    *, session: Session, kind: str | None = None, line: str | None = None, limit: int = 100
+) -> list[Event]:
+    """The newest events first, optionally of one kind or line."""
+    stmt = select(Event)
+    if kind is not None:
+        stmt = stmt.where(Event.kind == kind)
+    if line is not None:
+        stmt = stmt.where(Event.line == line)
+    return list(
+        session.scalars(stmt.order_by(Event.created_at.desc(), Event.id.desc()).limit(limit))
+    )

@@ -43,6 +43,7 @@ __all__ = [
     "VERDICTS",
     "Base",
     "Defect",
+    "Event",
     "Inspection",
     "ModelVersion",
     "Review",
@@ -365,7 +366,39 @@ class RunMetric(Base):
     throughput_per_s: Mapped[float | None] = mapped_column(Float)
     latency_p50_ms: Mapped[float | None] = mapped_column(Float)
     latency_p95_ms: Mapped[float | None] = mapped_column(Float)
+    tiles: Mapped[int] = mapped_column(default=0, server_default="0")
+    failed: Mapped[int] = mapped_column(default=0, server_default="0")
+    defect_rate: Mapped[float | None] = mapped_column(Float)
+    rejected_by_reason: Mapped[dict[str, Any] | None] = mapped_column(_JSON)
+    model_version: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     def __repr__(self) -> str:
         return f"RunMetric(flow_run_id={self.flow_run_id!r}, window_start={self.window_start})"
+
+
+class Event(Base):
+    """Something an operator should be able to find later: a model swap, a failed load, a crash.
+
+    The line monitor records here what it cannot put in an inspection row (a champion whose
+    file is broken, a switch to a new model, a batch that failed and was handed back).
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_created_at", "created_at"),
+        Index("ix_events_kind_created_at", "kind", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    level: Mapped[str] = mapped_column(String(16), default="info")
+    line: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(128))
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any] | None] = mapped_column(_JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Event(id={self.id}, kind={self.kind!r}, line={self.line!r})"

@@ -74,6 +74,12 @@ class ResultWriter:
         self._pending = []
         return result
 
+    def discard(self) -> int:
+        """Drop what is buffered (its sources redeliver it); returns how many were dropped."""
+        n = len(self._pending)
+        self._pending = []
+        return n
+
     @property
     def pending(self) -> int:
         """Records buffered but not yet written."""

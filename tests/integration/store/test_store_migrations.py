@@ -17,7 +17,15 @@ from defectscan.store.db import alembic_config as make_alembic_config
 from defectscan.store.db import make_engine, upgrade_to_head
 from defectscan.store.schema import Base
 
-TABLES = {"defects", "inspections", "model_versions", "reviews", "run_metrics", "training_runs"}
+TABLES = {
+    "events",
+    "defects",
+    "inspections",
+    "model_versions",
+    "reviews",
+    "run_metrics",
+    "training_runs",
+}
 
 
 @pytest.fixture

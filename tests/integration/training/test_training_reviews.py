@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from defectscan.archive import ImageArchive
 from defectscan.errors import DatasetError, StoreError
 from defectscan.store import (
     create_training_run,
@@ -104,13 +105,14 @@ def test_reviews_become_an_images_masks_dataset(
 
     out = tmp_path / "review_data"
     with db_sessions() as s, s.begin():
-        export = export_review_dataset(out, session=s)
+        # Nothing archived here: the images come from the files still at their file:// URIs.
+        export = export_review_dataset(out, session=s, archive=ImageArchive(tmp_path / "archive"))
     assert export.class_names == CLASSES
     assert len(export.written) == 3
     assert set(export.skipped.values()) >= {
         "rejected pass without a corrected mask: the defect is not outlined"
     }
-    assert any("no longer exists" in why for why in export.skipped.values())
+    assert any("its source" in why and "is gone" in why for why in export.skipped.values())
 
     index = scan_dataset(out)
     assert index.class_names == CLASSES

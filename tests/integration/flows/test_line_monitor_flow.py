@@ -1,0 +1,92 @@
+"""The line monitor as Prefect runs it: real flow runs, on a test server and the ephemeral API."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from helpers.line import cli_env, count, oracle_checkpoint, rows, start_cli, wait_for, write_parts
+
+pytestmark = pytest.mark.integration
+
+
+def test_flow_runs_are_bounded_and_write_one_row_per_image(
+    tmp_path: Path, sqlite_url: str, prefect_api: str
+) -> None:
+    from flows.line_monitor import close_monitors, line_monitor
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    camera = tmp_path / "camera"
+    write_parts(camera, 14)
+    model = oracle_checkpoint(tmp_path / "oracle.safetensors")
+    import os
+
+    os.environ["DEFECTSCAN_DATABASE_URL"] = sqlite_url
+    from defectscan.config import get_settings
+
+    get_settings.cache_clear()
+    try:
+        params = {"source": f"folder:{camera}", "model": str(model), "line": "L1", "batch_size": 4}
+        first = line_monitor(**params, max_images=8, idle_exit=2.0)
+        second = line_monitor(**params, max_images=100, idle_exit=2.0)
+    finally:
+        close_monitors()
+        os.environ.pop("DEFECTSCAN_DATABASE_URL")
+        get_settings.cache_clear()
+    # the first run stopped at its bound after the batch in hand; the second took the rest
+    assert (first["stopped_by"], first["images"]) == ("max_images", 8)
+    assert (second["stopped_by"], second["images"]) == ("idle", 6)
+    assert rows(sqlite_url) == [(14,)]
+    assert len(list((camera / "done").rglob("*.png"))) == 14
+    # each run left its metrics under its Prefect flow run id, and Prefect saw it complete
+    run_ids = {first["run_id"], second["run_id"]}
+    stored = {r[0] for r in rows(sqlite_url, "SELECT flow_run_id FROM run_metrics")}
+    assert {f"{i}:run" for i in run_ids} <= stored
+
+    import asyncio
+
+    async def states() -> list[str]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(run_ids)))
+            )
+            return sorted(r.state_name or "" for r in runs)
+
+    assert asyncio.run(states()) == ["Completed", "Completed"]
+
+
+def test_cli_monitor_on_the_ephemeral_api_is_quiet_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    camera = tmp_path / "camera"
+    write_parts(camera, 6)
+    model = oracle_checkpoint(tmp_path / "oracle.safetensors")
+    env = cli_env(tmp_path, sqlite_url)
+    for key in [k for k in env if k.startswith("PREFECT_")]:
+        del env[key]
+    log = tmp_path / "monitor.log"
+    proc = start_cli(
+        ["monitor", "--source", f"folder:{camera}", "--model", str(model), "--line", "L1"],
+        env,
+        log,
+    )
+    try:
+        wait_for(lambda: count(sqlite_url) == 6, timeout=180, what="six rows")
+        write_parts(camera, 3, start=6)
+        wait_for(lambda: count(sqlite_url) == 9, timeout=60, what="nine rows")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = log.read_text()
+    assert "Traceback" not in output, output
+    assert "WARNING" not in output, output
+    assert "SIGTERM: finishing the batch in hand" in output, output
+    assert "ERROR" not in output, output
+    assert "monitor stopped: 9 images" in output, output
+    # Prefect's state went under var/, not the user's home
+    assert (tmp_path / "var" / "prefect").is_dir()
