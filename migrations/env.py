@@ -67,12 +67,21 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+#: pg_advisory_xact_lock key that serialises migrations ("dsmigr" as an integer).
+MIGRATION_LOCK_KEY = 0x64736D69677221
+
+
 def _run_online(connection: Connection) -> None:
     sqlite = connection.dialect.name == "sqlite"
     # SQLite DDL is transactional once SQLAlchemy emits BEGIN (make_engine does): the whole
     # upgrade then commits or rolls back as one.
     _configure(connection=connection, render_as_batch=sqlite, transactional_ddl=True)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Several containers may run `db upgrade` at once: the first takes this lock, the
+            # others wait for its commit and then find the schema at head (READ COMMITTED
+            # reads the version table afresh). Released with the transaction.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
         context.run_migrations()
 
 

@@ -34,7 +34,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=False)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # error lines stay whole in logs
 
 
 class CliUsageError(Exception):
@@ -53,12 +53,18 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
     ] = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option("--log-format", help="text or json (default: DEFECTSCAN_LOG_FORMAT, text)."),
+    ] = None,
 ) -> None:
     """Inspect images for scratches, cracks and spots with a UNet; train and manage models."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from defectscan.logs import configure_logging, resolve_log_format
+
+    if log_format not in (None, "text", "json"):
+        msg = f"--log-format must be text or json, not {log_format!r}"
+        raise CliUsageError(msg)
+    configure_logging(logging.INFO if verbose else logging.WARNING, resolve_log_format(log_format))
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
@@ -122,18 +128,26 @@ def inspect_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON Lines, one per input.")] = (
         False
     ),
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: DEFECTSCAN_DEVICE).")
+    ] = None,
     tile_size: Annotated[int | None, typer.Option(min=16, help="Tile size in pixels.")] = None,
     overlap: Annotated[int | None, typer.Option(min=0, help="Tile overlap in pixels.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Tiles per inference batch.")] = 8,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Tiles per inference batch (default: DEFECTSCAN_BATCH_SIZE)."),
+    ] = None,
     backend: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="auto (OpenVINO on CPU where installed, torch on CUDA), torch, openvino or "
-            "onnxruntime."
+            "onnxruntime (default: DEFECTSCAN_BACKEND, auto)."
         ),
-    ] = "auto",
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="auto, fp32, bf16 or fp16 (default: DEFECTSCAN_PRECISION, auto)."),
+    ] = None,
     line: Annotated[str | None, typer.Option(help="Production line (its config applies).")] = None,
     camera: Annotated[str | None, typer.Option(help="Camera name stored with results.")] = None,
     store: Annotated[
@@ -142,10 +156,17 @@ def inspect_cmd(
 ) -> None:
     """Inspect images and print a verdict and the defects of each one."""
     from defectscan.config import get_settings
-    from defectscan.pipeline import ImageRecord, Inspector
+    from defectscan.pipeline import ImageRecord, InspectionResult, Inspector
     from defectscan.report import write_result_images
+    from defectscan.service import inspect_and_store
 
     settings = get_settings()
+    engine = settings.engine_for(line)
+    device = device or engine.device
+    backend = backend or engine.backend
+    precision = precision or engine.precision
+    batch_size = batch_size or engine.batch_size
+    tile_size, overlap = settings.tiling_for(line, tile_size=tile_size, overlap=overlap)
     inputs = expand_inputs(paths)
     if not inputs:
         msg = "no image files found in the given paths"
@@ -175,8 +196,8 @@ def inspect_cmd(
     writer = _open_writer(settings.database_url, inspector) if store else None
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
-    n_rejected = 0
-    for result in inspector.inspect(records, keep_images=out is not None):
+
+    def report(result: InspectionResult) -> tuple[str | None, str | None]:
         path = result.record.path
         assert path is not None
         row = result.to_dict()
@@ -187,21 +208,20 @@ def inspect_cmd(
                 result, out, names[path], inspector.spec.class_names
             )
             row["mask"], row["overlay"] = str(mask_path), str(overlay_path)
-        result.image = None
-        if writer is not None:
-            writer.add(
-                result.to_store_record(
-                    mask_path=str(mask_path) if mask_path else None,
-                    overlay_path=str(overlay_path) if overlay_path else None,
-                )
-            )
-        n_rejected += result.status == "rejected"
         if as_json:
             sys.stdout.write(json.dumps(row) + "\n")
             sys.stdout.flush()
         rows.append(row)
-    if writer is not None:
-        writer.flush()
+        return (str(mask_path) if mask_path else None, str(overlay_path) if overlay_path else None)
+
+    outcome = inspect_and_store(
+        records,
+        inspector=inspector,
+        writer=writer,
+        on_result=report,
+        keep_images=out is not None,
+    )
+    n_rejected = outcome.rejected
     elapsed = time.perf_counter() - started
     if not as_json:
         _print_table(rows, elapsed)
@@ -269,12 +289,14 @@ def demo_cmd(
 
 
 def _open_writer(url: str, inspector: Any) -> Any:
-    from defectscan.store.db import make_engine, upgrade_to_head
+    from defectscan.service import register_model
+    from defectscan.store.db import ensure_schema, make_engine
     from defectscan.store.writer import ResultWriter
 
-    upgrade_to_head(url)
-    writer = ResultWriter(make_engine(url))
-    writer.register_model(**inspector.model_registration())
+    engine = make_engine(url)
+    ensure_schema(engine)
+    writer = ResultWriter(engine)
+    register_model(writer, inspector)
     return writer
 
 
@@ -312,6 +334,12 @@ def _register_subcommands() -> None:
     from defectscan._cli_db import db_app
 
     app.add_typer(db_app, name="db", help="Results database migrations.")
+    from defectscan._cli_monitor import register as register_monitor
+
+    register_monitor(app)
+    from defectscan._cli_ops import register as register_ops
+
+    register_ops(app)
     try:
         from defectscan._cli_train import register
     except ImportError:  # pragma: no cover - only while the training module is absent
@@ -343,3 +371,7 @@ def main() -> None:
         err_console.print(f"[red]error[/]: {exc}")
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":  # ``python -m defectscan.cli``
+    main()

@@ -1,18 +1,32 @@
-"""Service settings (``DEFECTSCAN_*`` environment, optional YAML file) and per-line config.
+"""Service settings (``DEFECTSCAN_*`` environment, optional YAML plant file) and per-line config.
 
 Model and preprocessing settings do not live here: they travel with the weights, in the
-checkpoint metadata (:class:`defectscan.model.spec.ModelSpec`). These settings only say where
-things are and how the service runs; a value set here overrides the checkpoint's default.
+checkpoint metadata (:class:`defectscan.model.spec.ModelSpec`). These settings say where
+things are, how the service runs and how each production line differs; a value set here
+overrides the checkpoint's default.
+
+The plant file (``DEFECTSCAN_CONFIG``, or ``defectscan config check FILE``) describes the
+lines, their cameras, sources, models, engines, thresholds, verdict rules, archive policy and
+schedules. The environment wins over the file (``DEFECTSCAN_LINES__LINE3__ENGINE__DEVICE``
+reaches into a line). Secrets never live in the file: a password inside a URL there is an
+error; set ``DEFECTSCAN_DATABASE_URL`` / ``DEFECTSCAN_REDIS_URL`` in the environment instead.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,16 +34,252 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-__all__ = ["LineConfig", "Settings", "get_settings"]
+from defectscan.errors import ConfigError
+
+if TYPE_CHECKING:
+    from defectscan import archive
+
+__all__ = [
+    "ArchiveConfig",
+    "ConfigIssue",
+    "EngineConfig",
+    "LineConfig",
+    "ModelRef",
+    "ResolvedEngine",
+    "Settings",
+    "SourceSpec",
+    "check_config_file",
+    "get_settings",
+    "load_settings",
+    "mask_url",
+    "parse_model_ref",
+    "parse_source",
+    "settings_file",
+]
 
 Device = Literal["auto", "cpu", "cuda"] | str
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+BackendName = Literal["auto", "torch", "openvino", "onnxruntime"]
+LogFormat = Literal["text", "json"]
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pt")
+# Settings whose URL may carry a password: only the environment may set one.
+_SECRET_ENV = {"database_url": "DEFECTSCAN_DATABASE_URL", "redis_url": "DEFECTSCAN_REDIS_URL"}
+
+
+def _check_device(value: str | None) -> str | None:
+    if value is not None and not _DEVICE_RE.match(value):
+        msg = f"device {value!r}: use auto, cpu, cuda or cuda:N"
+        raise ValueError(msg)
+    return value
+
+
+def _check_cron(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from cronsim import CronSim, CronSimError
+
+    try:
+        CronSim(value, datetime(2026, 1, 1, tzinfo=UTC))
+    except CronSimError as exc:
+        msg = (
+            f"{value!r} is not a cron schedule ({exc}); use five fields "
+            "'minute hour day-of-month month day-of-week', e.g. '0 2 * * *' for 02:00 daily"
+        )
+        raise ValueError(msg) from None
+    return value
+
+
+# --------------------------------------------------------------------------- sources, models
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where a line's images come from: a camera folder, or a Redis stream.
+
+    ``text`` is the spec as written, the form ``defectscan monitor --source`` and
+    :func:`defectscan.sources.open_source` take.
+    """
+
+    text: str
+    kind: Literal["folder", "redis"]
+    path: Path | None = None
+    url: str | None = None
+    stream: str | None = None
+
+    def redis_url_with_credentials(self, settings_redis_url: str) -> str:
+        """This source's Redis server URL, with the credentials of ``DEFECTSCAN_REDIS_URL``.
+
+        The plant file never holds a password, so a line's ``redis://HOST:PORT/DB`` borrows the
+        user and password of the environment's Redis URL when it names none itself;
+        ``redis:NAME`` is a stream on that server.
+        """
+        if self.kind != "redis":
+            msg = "a folder source has no Redis URL"
+            raise ConfigError(msg)
+        if self.url is None:
+            return settings_redis_url
+        own = urlsplit(self.url)
+        env = urlsplit(settings_redis_url)
+        if own.username or own.password or not (env.username or env.password):
+            return self.url
+        auth = env.netloc.rsplit("@", 1)[0]
+        return urlunsplit(own._replace(netloc=f"{auth}@{own.netloc}"))
+
+
+def parse_source(text: str) -> SourceSpec:
+    """``folder:PATH``, ``redis://HOST:PORT/DB?stream=NAME`` (``rediss://``) or ``redis:NAME``.
+
+    ``redis:NAME`` is the stream NAME on the server of ``DEFECTSCAN_REDIS_URL``; a full URL
+    may add ``group=`` and ``consumer=`` to its query.
+    """
+    scheme, sep, rest = text.partition(":")
+    scheme = scheme.lower()
+    if sep and scheme == "folder":
+        if not rest:
+            msg = f"source {text!r} names no folder: write folder:/data/line3/camera"
+            raise ConfigError(msg)
+        return SourceSpec(text=text, kind="folder", path=Path(rest))
+    if sep and scheme in ("redis", "rediss") and rest.startswith("//"):
+        parts = urlsplit(text)
+        streams = parse_qs(parts.query).get("stream", [])
+        if len(streams) != 1 or not streams[0]:
+            msg = (
+                f"source {mask_url(text)!r} names no stream: "
+                "write redis://HOST:6379/0?stream=line3-images"
+            )
+            raise ConfigError(msg)
+        url = urlunsplit(parts._replace(query=""))
+        return SourceSpec(text=text, kind="redis", url=url, stream=streams[0])
+    if sep and scheme == "redis" and rest:
+        return SourceSpec(text=text, kind="redis", stream=rest)
+    msg = (
+        f"source {mask_url(text)!r}: use folder:PATH, redis://HOST:PORT/DB?stream=NAME, "
+        "or redis:NAME (a stream on DEFECTSCAN_REDIS_URL's server)"
+    )
+    raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model to serve: a checkpoint file, or the registry's champion (of one model name)."""
+
+    kind: Literal["file", "champion"]
+    path: Path | None = None
+    name: str | None = None
+
+    def __str__(self) -> str:
+        """The form ``defectscan monitor --model`` takes."""
+        if self.kind == "file":
+            return str(self.path)
+        return f"champion:{self.name}" if self.name else "champion"
+
+
+def parse_model_ref(text: str) -> ModelRef:
+    """``champion`` (any name), ``champion:NAME``, or a checkpoint file path."""
+    if not text.strip():
+        msg = "model is empty: give a checkpoint file, 'champion' or 'champion:NAME'"
+        raise ConfigError(msg)
+    if text == "champion":
+        return ModelRef(kind="champion")
+    if text.startswith("champion:"):
+        return ModelRef(kind="champion", name=text.split(":", 1)[1] or None)
+    if not text.endswith(_MODEL_FILE_SUFFIXES):
+        msg = (
+            f"model {text!r}: give a checkpoint file (.safetensors, or a seed .pth/.pt), "
+            "'champion' or 'champion:NAME' (the registry's champion of that model name)"
+        )
+        raise ConfigError(msg)
+    return ModelRef(kind="file", path=Path(text))
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (safe to print and log)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- models
+
+
+class EngineConfig(BaseModel):
+    """How a line runs its model; None inherits the service-wide setting."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: BackendName | None = None
+    device: str | None = Field(default=None, description="auto, cpu, cuda or cuda:N")
+    precision: Precision | None = None
+    batch_size: int | None = Field(default=None, ge=1, description="tiles per inference batch")
+
+    _device = field_validator("device")(_check_device)
+
+
+@dataclass(frozen=True)
+class ResolvedEngine:
+    """A line's engine settings with the service-wide defaults filled in."""
+
+    backend: BackendName
+    device: str
+    precision: Precision
+    batch_size: int
+
+
+class ArchiveConfig(BaseModel):
+    """What the image archive keeps (fails always) and for how long."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    keep_pass_share: float = Field(
+        default=0.02, ge=0.0, le=1.0, description="share of passed parts kept (random sample)"
+    )
+    near_threshold_margin: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="a pass whose highest defect score is this close to its threshold is kept",
+    )
+    max_age_days: float | None = Field(
+        default=90.0, gt=0, description="images older than this are deleted (None: never)"
+    )
+    max_size_gb: float | None = Field(
+        default=50.0, gt=0, description="oldest images go first above this size (None: no cap)"
+    )
+    keep_rejected: bool = Field(default=True, description="keep inputs that were rejected")
+
+    def policy(self) -> archive.ArchivePolicy:
+        """The :class:`defectscan.archive.ArchivePolicy` this configuration describes."""
+        from defectscan.archive import ArchivePolicy
+
+        return ArchivePolicy(
+            pass_share=self.keep_pass_share,
+            margin=self.near_threshold_margin,
+            keep_rejected=self.keep_rejected,
+            max_age_days=self.max_age_days,
+            max_bytes=None if self.max_size_gb is None else int(self.max_size_gb * 1e9),
+        )
 
 
 class LineConfig(BaseModel):
-    """Per production line overrides of the model's post-processing defaults."""
+    """One production line: cameras, source, model, engine and post-processing overrides."""
 
-    model_config = {"frozen": True}
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     cameras: list[str] = Field(default_factory=list)
@@ -43,15 +293,93 @@ class LineConfig(BaseModel):
         default_factory=dict,
         description="class name -> smallest defect that fails the part (default: any kept defect)",
     )
+    pass_classes: list[str] = Field(
+        default_factory=list,
+        description="classes recorded but never failing the part (cosmetic defects)",
+    )
+    source: str | None = Field(
+        default=None, description="folder:PATH, redis://HOST:PORT/DB?stream=NAME or redis:NAME"
+    )
+    model: str | None = Field(
+        default=None,
+        description="checkpoint file, 'champion' or 'champion:NAME' (default: Settings.model_path, "
+        "else the champion)",
+    )
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    tile_size: int | None = Field(default=None, ge=16)
+    overlap: int | None = Field(default=None, ge=0)
+    archive: ArchiveConfig | None = Field(
+        default=None, description="this line's archive policy (default: Settings.archive)"
+    )
+    batch_schedule: str | None = Field(
+        default=None, description="cron schedule of the batch inspection of this line's backlog"
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not 0.0 <= v <= 1.0}
+        if bad:
+            msg = f"thresholds must be probabilities in [0, 1], got {bad}"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("min_area", "fail_area")
+    @classmethod
+    def _areas_non_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = {k: v for k, v in value.items() if v < 0}
+        if bad:
+            msg = f"areas are pixel counts >= 0, got {bad}"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _valid_source(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_source(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _valid_model(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_model_ref(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    _cron = field_validator("batch_schedule")(_check_cron)
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> LineConfig:
+        if (
+            self.tile_size is not None
+            and self.overlap is not None
+            and self.overlap >= self.tile_size
+        ):
+            msg = f"overlap {self.overlap} must be smaller than the tile size {self.tile_size}"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def source_spec(self) -> SourceSpec | None:
+        """The parsed ``source`` (None when the line names none)."""
+        return parse_source(self.source) if self.source else None
 
 
 class Settings(BaseSettings):
-    """Everything the service reads from its environment."""
+    """Everything the service reads from its environment and the plant file."""
 
     model_config = SettingsConfigDict(
         env_prefix="DEFECTSCAN_",
         env_nested_delimiter="__",
-        extra="ignore",
+        # A misspelt key in the plant file is an error, not a silently ignored setting.
+        extra="forbid",
     )
 
     var_dir: Path = Path("var")
@@ -60,19 +388,118 @@ class Settings(BaseSettings):
     )
     redis_url: str = "redis://127.0.0.1:6379/0"
     model_path: Path | None = None
+    backend: BackendName = "auto"
     device: Device = "auto"
     precision: Precision = "auto"
     batch_size: int = Field(default=8, ge=1)
     tile_size: int | None = Field(default=None, ge=16)
     overlap: int | None = Field(default=None, ge=0)
     max_pixels: int = Field(default=80_000_000, ge=1, description="decompression-bomb guard")
+    log_format: LogFormat = "text"
+    metrics_addr: str = Field(default="127.0.0.1", description="where /metrics listens")
+    metrics_port: int = Field(default=9464, ge=0, le=65535, description="0: no /metrics")
+    archive_dir: Path | None = Field(default=None, description="default: var_dir/archive")
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
+    archive_min_free_gb: float = Field(
+        default=1.0, ge=0, description="`defectscan health` fails below this much free space"
+    )
+    retrain_schedule: str | None = Field(
+        default=None, description="cron schedule of scheduled retraining (None: operator only)"
+    )
+    retrain_data: Path | None = Field(
+        default=None,
+        description="base dataset of retraining (images/ + masks/); reviews are added to it",
+    )
+    retrain_recipe: dict[str, Any] = Field(
+        default_factory=dict,
+        description="training options of retraining (TrainConfig fields, e.g. epochs, lr)",
+    )
     lines: dict[str, LineConfig] = Field(default_factory=dict)
 
+    _device = field_validator("device")(_check_device)
+    _cron = field_validator("retrain_schedule")(_check_cron)
+
+    @field_validator("lines", mode="before")
+    @classmethod
+    def _line_names_from_keys(cls, value: Any) -> Any:
+        # `lines: {line3: {...}}` needs no `name: line3` inside; a different name is an error.
+        if not isinstance(value, Mapping):
+            return value
+        out: dict[Any, Any] = {}
+        for key, line in value.items():
+            if isinstance(line, Mapping):
+                line = dict(line)
+                line.setdefault("name", key)
+            elif line is None:
+                line = {"name": key}
+            out[key] = line
+        return out
+
     @model_validator(mode="after")
-    def _default_database(self) -> Settings:
+    def _defaults(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.var_dir / 'defectscan.db').as_posix()}"
+        if self.archive_dir is None:
+            self.archive_dir = self.var_dir / "archive"
+        for key, line in self.lines.items():
+            if line.name != key:
+                msg = f"lines.{key} has name {line.name!r}: drop `name` or make it {key!r}"
+                raise ValueError(msg)
         return self
+
+    def line(self, name: str | None) -> LineConfig | None:
+        """The configuration of line ``name`` (None when it has none)."""
+        return self.lines.get(name) if name else None
+
+    def engine_for(self, line: str | None = None) -> ResolvedEngine:
+        """The engine line ``line`` runs: its own settings over the service-wide ones."""
+        cfg = self.line(line)
+        engine = cfg.engine if cfg else EngineConfig()
+        return ResolvedEngine(
+            backend=engine.backend or self.backend,
+            device=engine.device or self.device,
+            precision=engine.precision or self.precision,
+            batch_size=engine.batch_size or self.batch_size,
+        )
+
+    def tiling_for(
+        self, line: str | None = None, *, tile_size: int | None = None, overlap: int | None = None
+    ) -> tuple[int | None, int | None]:
+        """``(tile_size, overlap)``: given values, else the line's, else the service-wide ones.
+
+        None left over means the checkpoint's own default.
+        """
+        cfg = self.line(line)
+        if cfg is not None:
+            tile_size = tile_size if tile_size is not None else cfg.tile_size
+            overlap = overlap if overlap is not None else cfg.overlap
+        tile_size = tile_size if tile_size is not None else self.tile_size
+        overlap = overlap if overlap is not None else self.overlap
+        return tile_size, overlap
+
+    def model_for(self, line: str | None = None) -> ModelRef:
+        """The model line ``line`` serves: its own, else ``model_path``, else the champion."""
+        cfg = self.line(line)
+        if cfg and cfg.model:
+            return parse_model_ref(cfg.model)
+        if self.model_path is not None:
+            return ModelRef(kind="file", path=self.model_path)
+        return ModelRef(kind="champion")
+
+    def archive_for(self, line: str | None = None) -> ArchiveConfig:
+        """The archive policy of line ``line`` (the service-wide one when it sets none)."""
+        cfg = self.line(line)
+        return cfg.archive if cfg and cfg.archive else self.archive
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as plain JSON data with every URL password replaced by ``***``."""
+        data = self.model_dump(mode="json")
+        for key in _SECRET_ENV:
+            data[key] = mask_url(data[key])
+        for line in data["lines"].values():
+            if line.get("source"):
+                line["source"] = mask_url(line["source"])
+        return data
 
     @classmethod
     def settings_customise_sources(
@@ -83,15 +510,232 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Init kwargs win over the environment, which wins over ``DEFECTSCAN_CONFIG`` YAML."""
+        """Init kwargs win over the environment, which wins over the YAML plant file."""
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        yaml_path = os.environ.get("DEFECTSCAN_CONFIG")
-        if yaml_path:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=Path(yaml_path)))
+        yaml_path = settings_file()
+        if yaml_path is not None:
+            sources.append(_PlantFileSource(settings_cls, yaml_file=yaml_path))
         return tuple(sources)
+
+
+class _PlantFileSource(YamlConfigSettingsSource):
+    """The YAML plant file, refused when it holds a secret."""
+
+    def __init__(self, settings_cls: type[BaseSettings], *, yaml_file: Path) -> None:
+        if not yaml_file.is_file():
+            msg = f"plant file {yaml_file} does not exist: fix DEFECTSCAN_CONFIG or --config"
+            raise ConfigError(msg)
+        super().__init__(settings_cls, yaml_file=yaml_file)
+        self._path = yaml_file
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        secrets = _secret_issues(data, {})
+        if secrets:
+            raise ConfigError(f"{self._path}: {secrets[0].message}")
+        return data
+
+
+# --------------------------------------------------------------------------- loading, checking
+
+_config_file_override: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "defectscan_config_file", default=None
+)
+
+
+def settings_file() -> Path | None:
+    """The plant file in effect: ``load_settings(config_file=...)``, else ``DEFECTSCAN_CONFIG``."""
+    override = _config_file_override.get()
+    if override is not None:
+        return override
+    env = os.environ.get("DEFECTSCAN_CONFIG")
+    return Path(env) if env else None
+
+
+@contextmanager
+def _using_file(path: Path | None) -> Iterator[None]:
+    token = _config_file_override.set(path)
+    try:
+        yield
+    finally:
+        _config_file_override.reset(token)
+
+
+def load_settings(config_file: str | Path | None = None) -> Settings:
+    """Settings from the environment and a plant file (default: ``DEFECTSCAN_CONFIG``).
+
+    Raises :class:`ConfigError` listing every problem with its location.
+    """
+    path = Path(config_file) if config_file is not None else settings_file()
+    if path is not None:
+        issues = check_config_file(path)
+        if issues:
+            listed = "\n".join(f"  {issue}" for issue in issues)
+            msg = (
+                f"plant file {path} has {len(issues)} error(s):\n{listed}\n"
+                f"run `defectscan config check {path}` after fixing them"
+            )
+            raise ConfigError(msg)
+    try:
+        with _using_file(path):
+            return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
+        )
+        msg = f"invalid DEFECTSCAN_* environment settings: {problems}"
+        raise ConfigError(msg) from None
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a plant file: where (YAML line, dotted key path) and what to do."""
+
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" if self.line is not None else "file"
+        return f"{where}: {self.path or '(top level)'}: {self.message}"
+
+
+def check_config_file(path: str | Path) -> list[ConfigIssue]:
+    """Every problem in plant file ``path``, each with its location; empty when it is valid.
+
+    The file is checked on its own: the environment neither hides nor causes an error.
+    """
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        return [ConfigIssue(None, "", f"cannot read {p}: {exc.strerror or exc}")]
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        return [ConfigIssue(line, "", f"not valid YAML: {problem}")]
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        return [ConfigIssue(1, "", "the plant file must be a mapping of settings (key: value)")]
+    positions = _node_lines(root)
+    issues = _secret_issues(data, positions)
+    issues += _name_issues(data, positions)
+    try:
+        Settings.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            issues.append(_issue_from_error(error, data, positions))
+    return sorted(issues, key=lambda i: (i.line or 0, i.path))
+
+
+def _node_lines(node: Any, prefix: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    """Key path -> 1-based YAML line of that key (or sequence item)."""
+    import yaml
+
+    out: dict[tuple[Any, ...], int] = {}
+    if node is None:
+        return out
+    if not prefix:
+        out[()] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            path = (*prefix, key)
+            out[path] = key_node.start_mark.line + 1
+            out.update(_node_lines(value_node, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            path = (*prefix, i)
+            out[path] = item.start_mark.line + 1
+            out.update(_node_lines(item, path))
+    return out
+
+
+def _issue_from_error(
+    error: Mapping[str, Any], data: Any, positions: Mapping[tuple[Any, ...], int]
+) -> ConfigIssue:
+    # Walk the error's location through the data: union tags and validator names in `loc`
+    # (e.g. 'function-after[...]', 'literal[...]') are not keys, so they are skipped.
+    node = data
+    path: list[Any] = []
+    for part in error["loc"]:
+        if isinstance(node, Mapping) and str(part) in {str(k) for k in node}:
+            key = next(k for k in node if str(k) == str(part))
+            path.append(key)
+            node = node[key]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(part)
+            node = node[part]
+        elif error["type"] in ("missing", "extra_forbidden") and part == error["loc"][-1]:
+            path.append(part)
+    line = None
+    for n in range(len(path), -1, -1):
+        if tuple(path[:n]) in positions:
+            line = positions[tuple(path[:n])]
+            break
+    message = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        message = "unknown setting: check the spelling (see `defectscan config show`)"
+    elif message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    dotted = ".".join(str(p) for p in path)
+    return ConfigIssue(line, dotted, message)
+
+
+def _name_issues(
+    data: dict[str, Any], positions: Mapping[tuple[Any, ...], int]
+) -> list[ConfigIssue]:
+    """A line whose ``name`` differs from its key; fixed in ``data`` so it is reported once."""
+    issues: list[ConfigIssue] = []
+    lines = data.get("lines")
+    if not isinstance(lines, dict):
+        return issues
+    for key, line in lines.items():
+        if isinstance(line, dict) and "name" in line and line["name"] != key:
+            msg = f"line {key!r} has name {line['name']!r}: drop `name` or make it {key!r}"
+            path = ("lines", key, "name")
+            issues.append(ConfigIssue(positions.get(path), f"lines.{key}.name", msg))
+            lines[key] = {**line, "name": key}
+    return issues
+
+
+def _secret_issues(data: Any, positions: Mapping[tuple[Any, ...], int]) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    if not isinstance(data, Mapping):
+        return issues
+    for key, env in _SECRET_ENV.items():
+        value = data.get(key)
+        if isinstance(value, str) and _url_password(value):
+            msg = (
+                f"{key} holds a password; secrets never go in the plant file: drop {key} here "
+                f"and set {env} in the environment (with compose: docker/.env)"
+            )
+            issues.append(ConfigIssue(positions.get((key,)), key, msg))
+    lines = data.get("lines")
+    if isinstance(lines, Mapping):
+        for name, line in lines.items():
+            if not isinstance(line, Mapping):
+                continue
+            source = line.get("source")
+            if isinstance(source, str) and _url_password(source):
+                msg = (
+                    "the source URL holds a password; secrets never go in the plant file: "
+                    "write redis://HOST:PORT/DB?stream=NAME and set the password in "
+                    "DEFECTSCAN_REDIS_URL (a line's Redis source borrows its credentials)"
+                )
+                path = ("lines", name, "source")
+                issues.append(ConfigIssue(positions.get(path), f"lines.{name}.source", msg))
+    return issues

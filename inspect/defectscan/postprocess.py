@@ -47,6 +47,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MAX_CLASSES = 255  # the class map is uint8 with 0 for background
+_NEVER_FAILS = 2**62  # fail_area of a line's pass_classes: larger than any image
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,16 @@ class PostprocessConfig:
                     raise ConfigError(msg)
                 for class_name, value in values.items():
                     target[names.index(class_name)] = value
+            unknown = sorted(set(line.pass_classes) - set(names))
+            if unknown:
+                msg = (
+                    f"line {line.name!r} lists unknown pass_classes {unknown}; "
+                    f"the model's classes are {list(names)}"
+                )
+                raise ConfigError(msg)
+            for class_name in line.pass_classes:
+                # Recorded, never failing: no defect reaches this area.
+                fail_area[names.index(class_name)] = _NEVER_FAILS
             if line.thresholds and spec.activation == "softmax":
                 logger.warning(
                     "line %r sets thresholds, which a softmax model does not use "

@@ -1,0 +1,350 @@
+"""Health checks of a deployment: database, Redis, models, archive volume, Prefect API.
+
+``defectscan health`` runs them and prints one line per check; the containers' healthchecks
+call it. Checks are cheap and change nothing: the database is queried for its Alembic revision
+(never upgraded), a model is loaded and runs one tiny tile, the archive gets a test file that
+is deleted again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from defectscan.config import ModelRef, ResolvedEngine, Settings, mask_url
+from defectscan.errors import DefectscanError
+
+__all__ = [
+    "CHECKS",
+    "CheckResult",
+    "check_archive",
+    "check_database",
+    "check_model",
+    "check_prefect",
+    "check_redis",
+    "resolve_model",
+    "run_checks",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Every check, in the order they run.
+CHECKS: tuple[str, ...] = ("database", "redis", "model", "archive", "prefect")
+_GB = 1e9
+_PROBE_TILE = 32  # pixels: enough for the UNet's four poolings, cheap on any engine
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check: ``ok``, or a one-line reason that says what to do."""
+
+    name: str
+    ok: bool
+    detail: str
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        """``ok   NAME  detail`` or ``FAIL NAME  detail``: one line."""
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.name:<10} {self.detail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return asdict(self)
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return mask_url(text[0] if text else type(orig).__name__)
+
+
+def _timed(name: str, fn: Callable[[], tuple[bool, str]]) -> CheckResult:
+    started = time.perf_counter()
+    try:
+        ok, detail = fn()
+    except DefectscanError as exc:
+        ok, detail = False, mask_url(str(exc).splitlines()[0])
+    except Exception as exc:  # a check reports any failure (engines, drivers) as its one line
+        logger.debug("health check %s failed", name, exc_info=True)
+        ok, detail = False, f"{type(exc).__name__}: {_first_line(exc)}"
+    return CheckResult(name, ok, detail, round(time.perf_counter() - started, 3))
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    """A SQLite URL whose file does not exist (connecting would create it: a check must not)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return False
+    return not database.startswith("file:") and not Path(database).expanduser().is_file()
+
+
+def check_database(url: str, *, timeout_s: float = 5.0, name: str = "database") -> CheckResult:
+    """The database answers and its schema is at the code's migration head."""
+
+    def run() -> tuple[bool, str]:
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+        from sqlalchemy import NullPool
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from defectscan.store.db import alembic_config, make_engine
+
+        shown = mask_url(url)
+        parsed = make_url(url)
+        kwargs: dict[str, Any] = {"poolclass": NullPool}
+        if _missing_sqlite_file(url):
+            return False, f"{shown}: no database file; create it with `defectscan db upgrade`"
+        if parsed.get_backend_name() == "postgresql":
+            kwargs["connect_args"] = {"connect_timeout": max(1, round(timeout_s))}
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        engine = make_engine(url, **kwargs)
+        try:
+            with engine.connect() as connection:
+                current = MigrationContext.configure(connection).get_current_revision()
+        except SQLAlchemyError as exc:
+            return False, f"{shown}: cannot connect: {_first_line(exc)}"
+        finally:
+            engine.dispose()
+        if current != head:
+            return False, (
+                f"{shown}: schema at revision {current or 'none (empty)'}, code needs {head}: "
+                "run `defectscan db upgrade`"
+            )
+        return True, f"{shown}: reachable, schema at head {head}"
+
+    return _timed(name, run)
+
+
+def check_redis(url: str, *, timeout_s: float = 5.0, name: str = "redis") -> CheckResult:
+    """Redis answers PING."""
+
+    def run() -> tuple[bool, str]:
+        import redis
+
+        shown = mask_url(url)
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+        )
+        try:
+            client.ping()
+        except redis.exceptions.RedisError as exc:
+            return False, f"{shown}: no answer to PING: {_first_line(exc)}"
+        finally:
+            client.close()
+        return True, f"{shown}: PONG"
+
+    return _timed(name, run)
+
+
+def resolve_model(ref: ModelRef, *, database_url: str | None) -> Path:
+    """The checkpoint file of ``ref``: the file itself, or the registry champion's file."""
+    if ref.kind == "file":
+        assert ref.path is not None
+        return ref.path
+    what = f"champion of {ref.name!r}" if ref.name else "champion"
+    if not database_url:
+        msg = f"the model is the registry's {what} but no database is configured"
+        raise DefectscanError(msg)
+    from sqlalchemy import NullPool
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from defectscan.store.db import make_engine, session_factory
+    from defectscan.store.repository import get_champion
+
+    if _missing_sqlite_file(database_url):
+        msg = f"cannot look up the {what}: no database file; run `defectscan db upgrade`"
+        raise DefectscanError(msg)
+    engine = make_engine(database_url, poolclass=NullPool)
+    try:
+        with session_factory(engine)() as session:
+            found = get_champion(session=session, name=ref.name)
+            path = found.checkpoint_path if found is not None else None
+            version = found.version if found is not None else None
+    except SQLAlchemyError as exc:
+        msg = (
+            f"cannot look up the {what} in the registry ({_first_line(exc)}): "
+            "check the database (see the database check)"
+        )
+        raise DefectscanError(msg) from exc
+    finally:
+        engine.dispose()
+    if version is None:
+        msg = (
+            f"no {what} in the registry: train and promote one (`defectscan models promote`), "
+            "or set a checkpoint file (DEFECTSCAN_MODEL_PATH or the line's `model:`)"
+        )
+        raise DefectscanError(msg)
+    if not path:
+        msg = f"the {what} ({version}) has no checkpoint file recorded in the registry"
+        raise DefectscanError(msg)
+    return Path(path)
+
+
+def check_model(
+    ref: ModelRef,
+    *,
+    engine: ResolvedEngine,
+    database_url: str | None = None,
+    name: str = "model",
+) -> CheckResult:
+    """The model's checkpoint exists, loads, and runs one tiny tile on the configured engine."""
+
+    def run() -> tuple[bool, str]:
+        path = resolve_model(ref, database_url=database_url)
+        if not path.is_file():
+            return False, f"{path}: no such checkpoint file (check the volume mount and path)"
+        import numpy as np
+
+        from defectscan.model.backends import make_backend
+        from defectscan.model.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        spec = ckpt.spec
+        backend = make_backend(
+            engine.backend,
+            ckpt.model,
+            spec.activation,
+            n_channels=spec.n_channels,
+            tile=_PROBE_TILE,
+            device=engine.device,
+            precision=engine.precision,
+        )
+        probs = backend.infer(np.zeros((1, spec.n_channels, _PROBE_TILE, _PROBE_TILE), np.float32))
+        if not np.isfinite(probs).all():
+            return False, f"{path}: the model outputs NaN/inf on {backend.name}: retrain or export"
+        return True, f"{path}: {ckpt.version} runs on {backend.name} ({backend.device})"
+
+    return _timed(name, run)
+
+
+def check_archive(path: Path, *, min_free_gb: float, name: str = "archive") -> CheckResult:
+    """The archive folder exists (created if missing), is writable and has enough free space."""
+
+    def run() -> tuple[bool, str]:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".health-", delete=True) as f:
+                f.write(b"ok")
+                f.flush()
+        except OSError as exc:
+            return False, (
+                f"{path}: not writable ({exc.strerror or exc}): mount the archive volume "
+                "read-write for the service's user"
+            )
+        free = shutil.disk_usage(path).free / _GB
+        if free < min_free_gb:
+            return False, (
+                f"{path}: {free:.1f} GB free, below archive_min_free_gb={min_free_gb:g}: "
+                "free space, lower archive.max_size_gb or max_age_days"
+            )
+        return True, f"{path}: writable, {free:.1f} GB free"
+
+    return _timed(name, run)
+
+
+def check_prefect(api_url: str, *, timeout_s: float = 5.0, name: str = "prefect") -> CheckResult:
+    """The Prefect API answers ``GET {api_url}/health``."""
+
+    def run() -> tuple[bool, str]:
+        url = api_url.rstrip("/") + "/health"
+        shown = mask_url(url)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                status = response.status
+                body = response.read(200).decode(errors="replace").strip()
+        except urllib.error.HTTPError as exc:
+            return False, f"{shown}: HTTP {exc.code}: is PREFECT_API_URL the server's /api URL?"
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            return False, (
+                f"{shown}: no answer ({reason}): start the Prefect server, or unset "
+                "PREFECT_API_URL to run flows in-process"
+            )
+        if status != 200 or body not in ("true", '"true"'):
+            return False, f"{shown}: unhealthy answer {status} {body[:60]!r}"
+        return True, f"{shown}: healthy"
+
+    return _timed(name, run)
+
+
+def run_checks(
+    settings: Settings,
+    *,
+    only: Iterable[str] | None = None,
+    prefect_api_url: str | None = None,
+    timeout_s: float = 5.0,
+) -> list[CheckResult]:
+    """Run the checks in ``only`` (default: all that apply) for ``settings``.
+
+    Redis is checked when it is configured (``DEFECTSCAN_REDIS_URL`` set, or a line reads a
+    Redis stream), Prefect when ``PREFECT_API_URL`` is set (or ``prefect_api_url`` given),
+    every distinct model and engine of the configured lines (the service-wide model when no
+    line is configured).
+    """
+    wanted = set(CHECKS if only is None else only)
+    unknown = sorted(wanted - set(CHECKS))
+    if unknown:
+        msg = f"unknown health checks {unknown}: choose from {', '.join(CHECKS)}"
+        raise DefectscanError(msg)
+    results: list[CheckResult] = []
+    if "database" in wanted:
+        results.append(check_database(settings.database_url, timeout_s=timeout_s))
+    if "redis" in wanted:
+        for url in _redis_urls(settings):
+            results.append(check_redis(url, timeout_s=timeout_s))
+    if "model" in wanted:
+        for label, ref, engine in _models(settings):
+            results.append(
+                check_model(
+                    ref, engine=engine, database_url=settings.database_url, name=f"model{label}"
+                )
+            )
+    if "archive" in wanted:
+        assert settings.archive_dir is not None  # Settings fills it in
+        results.append(
+            check_archive(settings.archive_dir, min_free_gb=settings.archive_min_free_gb)
+        )
+    if "prefect" in wanted:
+        api = prefect_api_url or os.environ.get("PREFECT_API_URL")
+        if api:
+            results.append(check_prefect(api, timeout_s=timeout_s))
+    return results
+
+
+def _redis_urls(settings: Settings) -> list[str]:
+    urls: list[str] = []
+    if "redis_url" in settings.model_fields_set:
+        urls.append(settings.redis_url)
+    for line in settings.lines.values():
+        spec = line.source_spec
+        if spec is not None and spec.kind == "redis":
+            url = spec.redis_url_with_credentials(settings.redis_url)
+            if url not in urls:
+                urls.append(url)
+    return urls
+
+
+def _models(settings: Settings) -> list[tuple[str, ModelRef, ResolvedEngine]]:
+    out: list[tuple[str, ModelRef, ResolvedEngine]] = []
+    seen: set[tuple[ModelRef, ResolvedEngine]] = set()
+    names: list[str | None] = list(settings.lines) or [None]
+    for line in names:
+        key = (settings.model_for(line), settings.engine_for(line))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((f"[{line}]" if line else "", *key))
+    return out

@@ -1,0 +1,241 @@
+"""Prometheus metrics of a line monitor, served on ``/metrics``.
+
+Each :class:`MonitorMetrics` owns its own ``CollectorRegistry``: tests and several monitors in
+one process never clash on metric names, and nothing leaks into prometheus-client's global
+registry. The service loop calls the ``observe_*`` / ``set_*`` methods; :meth:`serve` starts
+the HTTP endpoint in a daemon thread.
+
+Metric names (all prefixed ``defectscan_``), the Grafana dashboard in
+``docker/grafana/defectscan-dashboard.json`` reads these:
+
+- ``images_total{line,camera,status,verdict}``: images processed (status ok|rejected; verdict
+  pass|fail, or ``none`` for rejected inputs)
+- ``tiles_total{line}``: tiles run through the model
+- ``rejected_total{line,reason}``: rejected inputs by error kind (empty, truncated, ...)
+- ``defects_total{line,class}``: defects found by class
+- ``stage_seconds{line,stage}``: latency histogram per stage (decode, infer, post, store, ...)
+- ``capture_to_commit_seconds{line}``: from the camera's capture time to the database commit
+- ``batch_seconds{line}`` and ``batch_images{line}``: one service-loop batch
+- ``queue_waiting{line}``: files waiting in the folder / stream entries not yet delivered
+- ``queue_pending{line}``: stream entries delivered but not acknowledged
+- ``archive_bytes``, ``archive_files``: the image archive's size
+- ``model_info{line,version,engine,device}``: the model a line serves (always 1)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import start_http_server
+
+__all__ = ["LATENCY_BUCKETS", "MonitorMetrics"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds: from a fast decode (~1 ms) to a slow CPU inference of a large frame (~1 min).
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    float("inf"),
+)
+#: Seconds from capture to commit: includes queueing, so it reaches further out.
+LAG_BUCKETS: tuple[float, ...] = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    900.0,
+    3600.0,
+    float("inf"),
+)
+_BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, float("inf"))
+
+
+class MonitorMetrics:
+    """The metrics of one monitor process, in their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.images = Counter(
+            "defectscan_images",
+            "Images processed, by line, camera, status (ok|rejected) and verdict (pass|fail|none).",
+            ["line", "camera", "status", "verdict"],
+            registry=r,
+        )
+        self.tiles = Counter(
+            "defectscan_tiles", "Tiles run through the model.", ["line"], registry=r
+        )
+        self.rejected = Counter(
+            "defectscan_rejected",
+            "Rejected inputs by reason (the error kind).",
+            ["line", "reason"],
+            registry=r,
+        )
+        self.defects = Counter(
+            "defectscan_defects", "Defects found, by class.", ["line", "class"], registry=r
+        )
+        self.stage_seconds = Histogram(
+            "defectscan_stage_seconds",
+            "Latency of one image in each pipeline stage (decode, infer, post, store).",
+            ["line", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.capture_to_commit = Histogram(
+            "defectscan_capture_to_commit_seconds",
+            "From the image's capture time to its database commit.",
+            ["line"],
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "defectscan_batch_seconds",
+            "Wall time of one service-loop batch (claim to ack).",
+            ["line"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_images = Histogram(
+            "defectscan_batch_images",
+            "Images in one service-loop batch.",
+            ["line"],
+            buckets=_BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.queue_waiting = Gauge(
+            "defectscan_queue_waiting",
+            "Images waiting: files in the camera folder, or stream entries not yet delivered.",
+            ["line"],
+            registry=r,
+        )
+        self.queue_pending = Gauge(
+            "defectscan_queue_pending",
+            "Stream entries delivered to a consumer but not yet acknowledged.",
+            ["line"],
+            registry=r,
+        )
+        self.archive_bytes = Gauge(
+            "defectscan_archive_bytes", "Size of the image archive in bytes.", registry=r
+        )
+        self.archive_files = Gauge(
+            "defectscan_archive_files", "Images in the image archive.", registry=r
+        )
+        self.model = Info(
+            "defectscan_model",
+            "The model version a line serves, its engine and device.",
+            ["line"],
+            registry=r,
+        )
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    # ----------------------------------------------------------------------- observations
+
+    def observe_result(
+        self,
+        *,
+        line: str | None,
+        camera: str | None,
+        status: str,
+        verdict: str | None,
+        error_kind: str | None,
+        defect_classes: Sequence[str],
+        tiles: int,
+        stage_ms: Mapping[str, float],
+        capture_to_commit_s: float | None,
+    ) -> None:
+        """Count one inspected (or rejected) image; call it after its commit."""
+        line_label = line or ""
+        self.images.labels(
+            line=line_label, camera=camera or "", status=status, verdict=verdict or "none"
+        ).inc()
+        if status == "rejected":
+            self.rejected.labels(line=line_label, reason=error_kind or "unknown").inc()
+        if tiles:
+            self.tiles.labels(line=line_label).inc(tiles)
+        for name in defect_classes:
+            self.defects.labels(line=line_label, **{"class": name}).inc()
+        for stage, ms in stage_ms.items():
+            if stage == "total":  # the sum of the stages: a histogram of its own adds nothing
+                continue
+            self.stage_seconds.labels(line=line_label, stage=stage).observe(ms / 1e3)
+        if capture_to_commit_s is not None:
+            self.capture_to_commit.labels(line=line_label).observe(max(0.0, capture_to_commit_s))
+
+    def observe_batch(self, *, line: str | None, size: int, seconds: float) -> None:
+        """Record one service-loop batch: how many images, how long from claim to ack."""
+        self.batch_seconds.labels(line=line or "").observe(seconds)
+        self.batch_images.labels(line=line or "").observe(size)
+
+    def set_queue(self, *, line: str | None, waiting: int, pending: int | None = None) -> None:
+        """Queue lag: images not yet delivered, and (Redis) delivered but not acknowledged."""
+        self.queue_waiting.labels(line=line or "").set(waiting)
+        if pending is not None:
+            self.queue_pending.labels(line=line or "").set(pending)
+
+    def set_archive(self, bytes_: int, files: int) -> None:
+        """The image archive's current size."""
+        self.archive_bytes.set(bytes_)
+        self.archive_files.set(files)
+
+    def set_model(self, *, line: str | None, version: str, engine: str, device: str) -> None:
+        """The model version a line serves (an info metric)."""
+        self.model.labels(line=line or "").info(
+            {"version": version, "engine": engine, "device": device}
+        )
+
+    # ----------------------------------------------------------------------- HTTP endpoint
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> tuple[Any, threading.Thread]:
+        """Serve ``/metrics`` on ``addr:port`` (0 picks a free port) in a daemon thread."""
+        if self._server is not None:
+            msg = "metrics are already served; call stop() first"
+            raise RuntimeError(msg)
+        server, thread = start_http_server(port, addr=addr, registry=self.registry)
+        self._server, self._thread = server, thread
+        logger.info("serving Prometheus metrics on http://%s:%d/metrics", addr, self.port)
+        return server, thread
+
+    @property
+    def port(self) -> int | None:
+        """The port ``/metrics`` listens on (None when not serving)."""
+        if self._server is None:
+            return None
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop serving ``/metrics`` (a no-op when not serving)."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
