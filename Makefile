@@ -7,12 +7,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test lint bench services clean help
+.PHONY: demo test lint bench soak services clean help
 
 help:
 	@echo "make demo   - generate a camera folder, train a small model, inspect, store results"
 	@echo "make test   - set up, check services, lint (ruff, mypy), run the test suite"
 	@echo "make bench  - side-by-side throughput benchmarks (JSON in var/bench/)"
+	@echo "make soak   - line monitor over 5,000 images: RSS growth, monitor vs inspect"
 
 $(STAMP): pyproject.toml .ci/install.sh
 	bash .ci/install.sh "$(PYTHON)" "$(VENV)"
@@ -25,8 +26,8 @@ services:
 	bash .ci/services.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff format --check inspect tests benchmarks migrations
-	$(VENV)/bin/ruff check inspect tests benchmarks migrations
+	$(VENV)/bin/ruff format --check inspect tests benchmarks migrations flows
+	$(VENV)/bin/ruff check inspect tests benchmarks migrations flows
 	$(VENV)/bin/mypy
 
 test: $(STAMP)
@@ -36,6 +37,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+soak: $(STAMP)
+	$(PY) benchmarks/soak_monitor.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -28,7 +28,11 @@ def test_every_subpackage_is_listed_for_the_wheel() -> None:
 
 def test_migrations_are_mapped_into_the_package() -> None:
     config = _setuptools()
-    assert config["package-dir"] == {"": "inspect", "defectscan._migrations": "migrations"}
+    assert config["package-dir"] == {
+        "": "inspect",
+        "defectscan._migrations": "migrations",
+        "flows": "flows",
+    }
     assert (REPO / "migrations" / "env.py").is_file()
     assert "defectscan._migrations.versions" in config["packages"]  # type: ignore[operator]
 
