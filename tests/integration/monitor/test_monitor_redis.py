@@ -341,3 +341,36 @@ def test_a_message_that_crashes_processing_ends_in_the_dead_letter_stream(
     assert b"failed" in dead[0][1][b"reason"]
     assert _pending(redis_url, stream) == 0
     client.close()
+
+
+def test_kill_9_and_restart_on_a_stream_leaves_nothing_pending(
+    tmp_path: Path, redis_url: str, stream: str, pg_url: str
+) -> None:
+    from defectscan.store.db import upgrade_to_head
+
+    upgrade_to_head(pg_url)
+    n = 40
+    files = write_parts(tmp_path / "parts", n)
+    model = oracle_checkpoint(tmp_path / "oracle.safetensors")
+    client = redis.Redis.from_url(redis_url)
+    enqueue(client, stream, files)
+    env = cli_env(tmp_path, pg_url)
+    log = tmp_path / "monitor.log"
+    # a stable consumer name: the restarted monitor drains its own pending entries first
+    src = _source(redis_url, stream, consumer="line1-host1")
+    first = start_cli(_monitor_args(src, model), env, log)
+    try:
+        wait_for(
+            lambda: count(pg_url) >= 4 and _pending(redis_url, stream) > 0,
+            timeout=120,
+            interval=0.02,
+            what="a batch in hand",
+        )
+    finally:
+        stop(first, signal.SIGKILL)
+    second = start_cli(_monitor_args(src, model, "--idle-exit", "3"), env, log)
+    assert second.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert rows(pg_url) == [(n,)]
+    assert rows(pg_url, "SELECT count(DISTINCT sha256) FROM inspections") == [(n,)]
+    assert _pending(redis_url, stream) == 0
+    client.close()
