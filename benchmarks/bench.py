@@ -1,6 +1,6 @@
 """Side-by-side throughput benchmarks: inference engines, the whole pipeline, the results store.
 
-    .venv/bin/python benchmarks/bench.py [--sections engines,pipeline,store] [--seconds 10]
+    .venv/bin/python benchmarks/bench.py [--sections engines,pipeline,store,training] [--seconds 10]
                                          [--width 64] [--tile 256] [--device auto|cpu|cuda]
                                          [--quick] [--out var/bench/bench.json]
 
@@ -56,6 +56,14 @@ should overlap inference). A round is one pass over all images; rounds repeat un
 ``store``: ``benchmarks/bench_store.py``'s ``run()``: inspections (5 defects each) per second,
 batched vs row by row, SQLite and PostgreSQL (skipped with a note when unreachable).
 
+``training``: :func:`defectscan.training.train` on a synthetic dataset (``--images`` frames of
+``--image-size``), UNet width ``--train-width`` (32; quick: 8), ``--tile`` crops, batch
+``--train-batch`` (16 on CUDA, 8 on the CPU), auto precision, default loader workers, on the
+CPU and on CUDA where present. Two epochs sized to about ``--seconds`` each; the second is
+reported: ``crops_per_s`` (training crops through data + step) and the share of the epoch's time
+in ``data`` (waiting for the loader), ``step`` (forward, backward, optimiser) and ``val``
+(whole-frame validation with on-device metrics).
+
 JSON (``--out``, default ``var/bench/bench.json``), schema ``defectscan-bench/1``::
 
     {
@@ -78,6 +86,9 @@ JSON (``--out``, default ``var/bench/bench.json``), schema ``defectscan-bench/1`
                     "images_per_s": {...}, "tiles_per_s": {...},
                     "engine_tiles_per_s": {...}, "ratio", "stage_ms", "error"}],
       "store": [<bench_store.run() rows>],
+      "training": [{"name", "device", "precision", "width", "tile", "batch", "workers",
+                    "crops", "crops_per_s", "share": {"data", "step", "val"}, "seconds",
+                    "error"}],
       "notes": ["..."]
     }
 
@@ -110,6 +121,7 @@ from defectscan.model.backends import (
     OnnxRuntimeBackend,
     OpenVINOBackend,
     TorchBackend,
+    autocast_dtype,
     cpu_supports_bf16,
     make_backend,
     resolve_device,
@@ -129,10 +141,11 @@ __all__ = [
     "run_engines",
     "run_pipeline",
     "run_store",
+    "run_training",
 ]
 
 SCHEMA = "defectscan-bench/1"
-SECTIONS = ("engines", "pipeline", "store")
+SECTIONS = ("engines", "pipeline", "large", "store", "training")
 SEED_TILE_FLOP = 62e9  # seed UNet (3->1, bilinear, width 64) on one 256x256 tile
 # Dense bf16 tensor-core peaks (TFLOP/s), by a substring of torch.cuda.get_device_name().
 # Checked in order: the more specific names first.
@@ -181,6 +194,10 @@ class BenchConfig:
     image_size: int = 512
     store_n: int = 2000
     store_batch: int = 200
+    train_width: int = 32
+    train_batch: int = 8
+    large_size: int = 16384
+    large_width: int = 8
     out: Path = Path("var/bench/bench.json")
 
     @property
@@ -209,6 +226,10 @@ class BenchConfig:
             "overlap": self.overlap,
             "store_n": self.store_n,
             "store_batch": self.store_batch,
+            "train_width": self.train_width,
+            "train_batch": self.train_batch,
+            "large_size": self.large_size,
+            "large_width": self.large_width,
             "flop_per_tile": self.flop_per_tile,
         }
 
@@ -295,6 +316,25 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+def _cpu_flags() -> dict[str, bool]:
+    """The instruction-set extensions the engines' speed depends on."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {
+        "avx2": "avx2" in flags,
+        "avx512": "avx512f" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx": "amx_tile" in flags,
+        "avx512_vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
+    }
+
+
 def machine_info(device: str) -> dict[str, Any]:
     """CPU, library versions, threads and load: what the figures depend on."""
     gpu_name = torch.cuda.get_device_name() if device.startswith("cuda") else None
@@ -304,6 +344,7 @@ def machine_info(device: str) -> dict[str, Any]:
         affinity = None
     return {
         "cpu_model": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
         "cores": os.cpu_count(),
         "affinity_cores": affinity,
         "torch_threads": torch.get_num_threads(),
@@ -500,11 +541,85 @@ def _build_engines(
             note=hint + (" (CPU only)" if cuda else ""),
         )
 
+    def ov_int8_engine() -> _Engine:
+        from defectscan.model.export import export_model
+
+        with tempfile.TemporaryDirectory(prefix="defectscan-bench-int8-") as tmp:
+            calib = Path(tmp) / "calib"
+            # Calibration images: synthetic camera frames, tiled as inspection tiles them.
+            synth.write_camera_folder(calib, 8, seed=11, height=2 * cfg.tile, width=2 * cfg.tile)
+            exported = export_model(
+                model,
+                _bench_spec(cfg),
+                sha256="bench",
+                fmt="openvino",
+                out=Path(tmp) / "engine",
+                tile=cfg.tile,
+                int8=True,
+                calibration=calib,
+            )
+            backend = OpenVINOBackend.from_file(exported.model_file, precision="int8")
+        return _Engine(
+            f"openvino-int8-b{CPU_ENGINE_BATCH}",
+            "openvino",
+            "cpu",
+            "int8",
+            CPU_ENGINE_BATCH,
+            backend.infer,
+            cpu_sync,
+            note="NNCF post-training INT8, calibrated on synthetic camera frames"
+            + (" (CPU only)" if cuda else ""),
+        )
+
+    from defectscan import synth
+
     b = CPU_ENGINE_BATCH
     attempt(f"onnxruntime-fp32-b{b}", "onnxruntime", "fp32", b, ort_engine)
     attempt(f"openvino-b{b}", "openvino", "auto", b, lambda: ov_engine("auto"))
     attempt(f"openvino-fp32-b{b}", "openvino", "fp32", b, lambda: ov_engine("fp32"))
+    attempt(f"openvino-int8-b{b}", "openvino", "int8", b, ov_int8_engine)
+    if cuda:
+
+        def compiled(precision: str) -> _Engine:
+            backend = TorchBackend(
+                model,
+                "sigmoid",
+                device=cfg.device,
+                precision=precision,  # type: ignore[arg-type]
+                compile="on",
+            )
+            return _Engine(
+                f"torch-compiled-{precision}-b{cfg.batch}",
+                "torch",
+                backend.device,
+                backend.precision,
+                cfg.batch,
+                backend.infer,
+                _sync_for(backend.device),
+                note="torch.compile max-autotune + CUDA graph, pinned host buffers",
+            )
+
+        for precision in ("bf16", "fp16"):
+            attempt(
+                f"torch-compiled-{precision}-b{cfg.batch}",
+                "torch",
+                precision,
+                cfg.batch,
+                lambda p=precision: compiled(p),  # type: ignore[misc]
+            )
     return engines, failed
+
+
+def _bench_spec(cfg: BenchConfig) -> ModelSpec:
+    return ModelSpec(
+        n_channels=3,
+        activation="sigmoid",
+        class_names=("defect",),
+        base_width=cfg.width,
+        tile_size=cfg.tile,
+        tile_overlap=cfg.overlap,
+        name="bench",
+    )
 
 
 def _empty_row(
@@ -667,16 +782,28 @@ def _empty_pipeline_row(name: str, backend: str, cfg: BenchConfig) -> dict[str, 
         "tiles_per_s": _stats([]),
         "engine_tiles_per_s": _stats([]),
         "ratio": None,
+        "vs_openvino_model_only": None,
+        "vs_seed_naive": None,
+        "latency_ms": {"p50": None, "p95": None},
         "stage_ms": {},
         "error": None,
     }
 
 
 def _pipeline_pass(
-    run: _PipelineRun, spec: ModelSpec, paths: Sequence[Path], batch: int
+    run: _PipelineRun, spec: ModelSpec, paths: Sequence[Path], batch: int, work: Path
 ) -> tuple[float, int]:
-    """All images once, file to committed row, under a fresh model version: (seconds, rows)."""
-    from defectscan.pipeline import ImageRecord, Inspector
+    """All images once, camera folder to committed rows, under a fresh model version.
+
+    The images are copied into a fresh camera folder first (untimed); the timed part is what
+    the line monitor does: claim them from a :class:`FolderSource`, inspect, store, commit, ack
+    (move to ``done/``). Returns (seconds, rows).
+    """
+    import shutil
+
+    from defectscan.pipeline import InspectionResult, Inspector
+    from defectscan.service import inspect_and_store, register_model
+    from defectscan.sources.folder import FolderSource
     from defectscan.store.db import make_engine
     from defectscan.store.writer import ResultWriter
 
@@ -685,20 +812,29 @@ def _pipeline_pass(
     version = f"bench-{run.backend_name}-{uuid.uuid4().hex[:12]}"
     inspector = Inspector(run.backend, spec, model_version=version, batch_size=batch)
     engine = make_engine(run.engine_url)
+    camera = work / f"camera-{version}"
+    camera.mkdir(parents=True)
+    for path in paths:
+        shutil.copyfile(path, camera / path.name)
+
+    def check(result: InspectionResult) -> None:
+        if result.status != "ok":
+            msg = f"bench image {result.record.id} was rejected: {result.error_message}"
+            raise RuntimeError(msg)
+        for stage, ms in result.timings_ms.items():
+            run.stage_ms.setdefault(stage, []).append(ms)
+
     try:
         writer = ResultWriter(engine, batch_size=WRITER_BATCH)
-        writer.register_model(**inspector.model_registration())
-        records = [ImageRecord.from_path(p, camera="cam-1", line="bench") for p in paths]
+        register_model(writer, inspector)
+        source = FolderSource(camera, line="bench", camera="cam-1", stable_polls=1, watch=False)
         started = time.perf_counter()
-        for result in inspector.inspect(records):
-            if result.status != "ok":
-                msg = f"bench image {result.record.id} was rejected: {result.error_message}"
-                raise RuntimeError(msg)
-            for stage, ms in result.timings_ms.items():
-                run.stage_ms.setdefault(stage, []).append(ms)
-            writer.add(result.to_store_record())
-        writer.flush()
+        records = source.claim(len(paths))
+        inspect_and_store(
+            records, inspector=inspector, writer=writer, source=source, on_result=check
+        )
         elapsed = time.perf_counter() - started
+        source.close()
     finally:
         engine.dispose()
     if writer.inserted != len(paths):
@@ -707,7 +843,32 @@ def _pipeline_pass(
             f"version {version}: the writer or the store dropped results"
         )
         raise RuntimeError(msg)
+    shutil.rmtree(camera, ignore_errors=True)
     return elapsed, writer.inserted
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if values else None
+
+
+def _int8_backend(model: UNet, spec: ModelSpec, cfg: BenchConfig, work: Path) -> Any:
+    """OpenVINO INT8 of ``model``, calibrated on synthetic camera frames."""
+    from defectscan import synth
+    from defectscan.model.export import export_model
+
+    calib = work / "calib"
+    synth.write_camera_folder(calib, 8, seed=11, height=cfg.image_size, width=cfg.image_size)
+    exported = export_model(
+        model,
+        spec,
+        sha256="bench",
+        fmt="openvino",
+        out=work / "engine",
+        tile=cfg.tile,
+        int8=True,
+        calibration=calib,
+    )
+    return OpenVINOBackend.from_file(exported.model_file, precision="int8")
 
 
 def run_pipeline(
@@ -729,20 +890,23 @@ def run_pipeline(
             folder, cfg.images, seed=7, height=cfg.image_size, width=cfg.image_size
         )
         runs: list[_PipelineRun] = []
-        for k, backend_name in enumerate(("torch", "openvino")):
+        for k, backend_name in enumerate(("torch", "openvino", "openvino-int8")):
             torch.manual_seed(100 + k)
             model = build_model(spec).eval()
             device = cfg.device if backend_name == "torch" else "cpu"
             try:
-                backend = make_backend(
-                    backend_name,  # type: ignore[arg-type]
-                    model,
-                    spec.activation,
-                    n_channels=3,
-                    tile=cfg.tile,
-                    device=device,
-                    precision="auto",
-                )
+                if backend_name == "openvino-int8":
+                    backend = _int8_backend(model, spec, cfg, Path(tmp) / "int8")
+                else:
+                    backend = make_backend(
+                        backend_name,  # type: ignore[arg-type]
+                        model,
+                        spec.activation,
+                        n_channels=3,
+                        tile=cfg.tile,
+                        device=device,
+                        precision="auto",
+                    )
             except (DefectscanError, ImportError, RuntimeError) as exc:
                 message = f"{type(exc).__name__}: {exc}"
                 notes.append(f"pipeline {backend_name} skipped: {message}")
@@ -768,13 +932,18 @@ def run_pipeline(
                     run.backend.infer, _sync_for(run.backend.device), tiles, budget
                 )
                 run.engine_rates.append(rate)
-                elapsed, inserted = _pipeline_pass(run, spec, paths, batch)
+                elapsed, inserted = _pipeline_pass(run, spec, paths, batch, Path(tmp))
                 run.rows_written += inserted
                 run.seconds += elapsed
                 run.image_rates.append(cfg.images / elapsed)
                 run.tile_rates.append(n_tiles / elapsed)
+        ov_alone = next(
+            (statistics.median(r.engine_rates) for r in runs if r.backend_name == "openvino"),
+            None,
+        )
         for run in runs:
             ratio = statistics.median(run.tile_rates) / statistics.median(run.engine_rates)
+            totals = run.stage_ms.get("total", [])
             rows.append(
                 {
                     **_empty_pipeline_row(run.name, run.backend_name, cfg),
@@ -786,6 +955,10 @@ def run_pipeline(
                     "tiles_per_s": _stats(run.tile_rates),
                     "engine_tiles_per_s": _stats(run.engine_rates),
                     "ratio": round(ratio, 3),
+                    "vs_openvino_model_only": (
+                        round(statistics.median(run.tile_rates) / ov_alone, 3) if ov_alone else None
+                    ),
+                    "latency_ms": {"p50": _percentile(totals, 50), "p95": _percentile(totals, 95)},
                     "stage_ms": {
                         stage: round(statistics.mean(values), 2)
                         for stage, values in run.stage_ms.items()
@@ -793,6 +966,113 @@ def run_pipeline(
                     "error": None,
                 }
             )
+    return rows
+
+
+_LARGE_MAKE = """
+import sys, numpy as np, cv2
+side, out = int(sys.argv[1]), sys.argv[2]
+rng = np.random.default_rng(0)
+image = np.empty((side, side, 3), np.uint8)
+for y in range(0, side, 1024):  # row blocks: no full-frame temporaries
+    image[y : y + 1024] = 150 + rng.integers(0, 20, (min(1024, side - y), side, 1), np.uint8)
+for i in range(12):
+    y, x = rng.integers(0, side - 200, 2)
+    image[y : y + 60, x : x + 150] = 20
+if not cv2.imwrite(out, image):
+    raise SystemExit("could not write " + out)
+"""
+
+_LARGE_MEASURE = """
+import json, resource, sys, time
+import numpy as np, torch
+from defectscan.model.backends import make_backend
+from defectscan.model.checkpoint import build_model
+from defectscan.model.spec import ModelSpec
+from defectscan.pipeline import ImageRecord, Inspector
+
+path, engine = sys.argv[1], sys.argv[5]
+side, width, tile = (int(a) for a in sys.argv[2:5])
+spec = ModelSpec(
+    n_channels=3, activation="sigmoid", class_names=("defect",), base_width=width,
+    tile_size=tile, tile_overlap=tile // 8, name="large",
+)
+torch.manual_seed(0)
+model = build_model(spec).eval()
+backend = make_backend(engine, model, "sigmoid", n_channels=3, tile=tile, device="cpu")
+backend.infer(np.zeros((8, 3, tile, tile), np.float32))
+kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+inspector = Inspector(backend, spec, model_version="large", batch_size=8, max_pixels=side * side)
+t0 = time.perf_counter()
+result = inspector.inspect_one(ImageRecord.from_path(path))
+seconds = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+row = {
+    "status": result.status, "error": result.error_message, "tiles": result.tiles,
+    "defects": len(result.defects), "seconds": seconds, "engine": backend.name,
+    "base_rss_mib": kib / 1024, "peak_rss_mib": peak / 1024,
+}
+print(json.dumps(row))
+"""
+
+
+def run_large(
+    cfg: BenchConfig, notes: list[str], log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Peak RSS of inspecting one ``--large-size`` square frame, in a fresh subprocess.
+
+    The model is the seed architecture at ``--large-width`` (random init): this row is about
+    memory (tiles on demand, band stitching), not speed. ``ru_maxrss`` of the subprocess.
+    """
+    import json
+    import subprocess
+
+    rows: list[dict[str, Any]] = []
+    try:
+        import openvino  # noqa: F401
+
+        engine = "openvino"
+    except ImportError:
+        engine = "torch"
+    with tempfile.TemporaryDirectory(prefix="defectscan-bench-large-") as tmp:
+        frame = Path(tmp) / "large.png"
+        log(f"large: writing a {cfg.large_size}x{cfg.large_size} BGR frame")
+        subprocess.run(
+            [sys.executable, "-c", _LARGE_MAKE, str(cfg.large_size), str(frame)], check=True
+        )
+        log(f"large: inspecting it ({engine}, width {cfg.large_width}) in a subprocess")
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _LARGE_MEASURE,
+                str(frame),
+                str(cfg.large_size),
+                str(cfg.large_width),
+                str(cfg.tile),
+                engine,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        row: dict[str, Any] = {
+            "name": f"large-{cfg.large_size}",
+            "side": cfg.large_size,
+            "width": cfg.large_width,
+            "tile": cfg.tile,
+            "file_mib": round(frame.stat().st_size / 2**20, 1),
+            # The issue's bound is absolute (3 GB at 16k x 16k), process baseline included.
+            "limit_mib": round(3e9 / 2**20, 1),
+            "error": None,
+        }
+        if proc.returncode != 0:
+            row["error"] = proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"
+            notes.append(f"large frame failed: {row['error']}")
+        else:
+            row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+            row["within_limit"] = row["peak_rss_mib"] < row["limit_mib"]
+        rows.append(row)
     return rows
 
 
@@ -810,6 +1090,89 @@ def run_store(
             f"store: PostgreSQL unreachable at {bench_store.PG_ADMIN_URL} "
             "(set DEFECTSCAN_TEST_PG_URL): only SQLite measured"
         )
+    return rows
+
+
+def _training_row(cfg: BenchConfig, device: str, data: Path, work: Path) -> dict[str, Any]:
+    """One device: two epochs of about ``cfg.seconds`` each, the second one reported."""
+    from defectscan.training import TrainConfig, TrainProgress, train
+    from defectscan.training.train import default_workers
+
+    cuda = device.startswith("cuda")
+    batch = cfg.train_batch if not cuda else max(cfg.train_batch, 16)
+    # Size an epoch from the model's cost: forward + backward ~ 3 forwards per crop.
+    flop = 3 * SEED_TILE_FLOP * (cfg.tile / 256) ** 2 * (cfg.train_width / 64) ** 2
+    rate = 100e12 if cuda else 40e9  # rough achieved FLOP/s, only to size the epochs
+    steps = int(min(2000, max(2, cfg.seconds * rate / (flop * batch))))
+    workers = default_workers(torch.device(device))
+    row: dict[str, Any] = {
+        "name": f"train-{device.split(':')[0]}-w{cfg.train_width}-b{batch}",
+        "device": device,
+        "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
+            autocast_dtype("auto", torch.device(device))
+        ],
+        "width": cfg.train_width,
+        "tile": cfg.tile,
+        "batch": batch,
+        "workers": workers,
+        "crops": None,
+        "crops_per_s": None,
+        "share": {},
+        "seconds": None,
+        "error": None,
+    }
+    epochs: list[dict[str, float]] = []
+
+    def keep(p: TrainProgress) -> None:
+        if p.phase == "epoch":
+            epochs.append(dict(p.timings_s))
+
+    config = TrainConfig(
+        data=data,
+        out=work / f"bench-{device.replace(':', '')}.safetensors",
+        epochs=2,
+        batch_size=batch,
+        tile_size=cfg.tile,
+        base_width=cfg.train_width,
+        samples_per_epoch=steps * batch,
+        device=device,
+        augment="flips",
+        defect_crop_p=0.7,
+        resume=False,
+        calibrate=False,
+    )
+    try:
+        train(config, progress=keep)
+    except (DefectscanError, RuntimeError) as exc:
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        return row
+    last = {k: epochs[-1][k] - (epochs[-2][k] if len(epochs) > 1 else 0.0) for k in epochs[-1]}
+    total = last["data_s"] + last["step_s"] + last["val_s"]
+    row.update(
+        crops=int(last["crops"]),
+        crops_per_s=last["crops"] / max(1e-9, last["data_s"] + last["step_s"]),
+        share={k: last[f"{k}_s"] / total for k in ("data", "step", "val")},
+        seconds=total,
+    )
+    return row
+
+
+def run_training(
+    cfg: BenchConfig, notes: list[str], log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Training throughput on the CPU, and on CUDA where present."""
+    from defectscan.synth import write_dataset
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="defectscan-bench-train-") as tmp:
+        data = Path(tmp) / "data"
+        write_dataset(data, max(8, cfg.images), seed=3, height=cfg.image_size, width=cfg.image_size)
+        for device in devices:
+            log(f"training: {device}, width {cfg.train_width}, {cfg.tile}x{cfg.tile} crops")
+            rows.append(_training_row(cfg, device, data, Path(tmp)))
+    if not torch.cuda.is_available():
+        notes.append("training: no CUDA device here, CPU only")
     return rows
 
 
@@ -904,13 +1267,17 @@ def _print_tables(payload: dict[str, Any]) -> None:
             "tiles/s",
             "engine alone",
             "ratio",
+            "vs OV alone",
+            "p50|p95 ms",
             "rows",
             "ms/img decode|infer|post|total",
         ):
             table.add_column(c, justify="left" if c in ("row", "precision") else "right")
         for r in payload["pipeline"]:
             if r.get("error"):
-                table.add_row(r["name"], "-", "-", "[red]skipped[/]", "", "", "", "", r["error"])
+                table.add_row(
+                    r["name"], "-", "-", "[red]skipped[/]", "", "", "", "", "", "", r["error"]
+                )
                 continue
             stages = r["stage_ms"]
             table.add_row(
@@ -921,8 +1288,28 @@ def _print_tables(payload: dict[str, Any]) -> None:
                 _fmt(r["tiles_per_s"]["median"]),
                 _fmt(r["engine_tiles_per_s"]["median"]),
                 f"{r['ratio']:.2f}",
+                _fmt(r.get("vs_openvino_model_only")),
+                f"{_fmt(r['latency_ms']['p50'], 0)}|{_fmt(r['latency_ms']['p95'], 0)}",
                 str(r["rows_written"]),
                 " | ".join(_fmt(stages.get(k), 0) for k in ("decode", "infer", "post", "total")),
+            )
+        console.print(table)
+    if payload.get("large"):
+        table = Table(title="large frame: peak RSS of one inspection (subprocess, ru_maxrss)")
+        for c in ("row", "engine", "tiles", "defects", "seconds", "peak RSS MiB", "limit MiB"):
+            table.add_column(c, justify="left" if c in ("row", "engine") else "right")
+        for r in payload["large"]:
+            if r["error"]:
+                table.add_row(r["name"], "-", "-", "-", "[red]failed[/]", r["error"], "")
+                continue
+            table.add_row(
+                r["name"],
+                r["engine"],
+                str(r["tiles"]),
+                str(r["defects"]),
+                _fmt(r["seconds"], 1),
+                _fmt(r["peak_rss_mib"], 0),
+                _fmt(r["limit_mib"], 0),
             )
         console.print(table)
     if payload["store"]:
@@ -939,6 +1326,29 @@ def _print_tables(payload: dict[str, Any]) -> None:
                 f"{r['speedup_vs_row_by_row']:.1f}x",
             )
         console.print(table)
+    if payload.get("training"):
+        table = Table(
+            title=(
+                f"training: synthetic {cfg['image_size']}px frames, {cfg['tile']}x{cfg['tile']} "
+                f"crops, second of two epochs"
+            )
+        )
+        for c in ("row", "precision", "workers", "crops", "crops/s", "data", "step", "val"):
+            table.add_column(c, justify="left" if c in ("row", "precision") else "right")
+        for r in payload["training"]:
+            if r["error"]:
+                table.add_row(r["name"], "-", "-", "-", "[red]failed[/]", "", "", r["error"])
+                continue
+            share = r["share"]
+            table.add_row(
+                r["name"],
+                r["precision"],
+                str(r["workers"]),
+                str(r["crops"]),
+                _fmt(r["crops_per_s"], 1),
+                *(f"{100 * share[k]:.0f}%" for k in ("data", "step", "val")),
+            )
+        console.print(table)
     for note in payload["notes"]:
         console.print(f"[yellow]note:[/] {note}")
 
@@ -952,7 +1362,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="defectscan throughput benchmarks (engines, pipeline, store)"
     )
     parser.add_argument(
-        "--sections", default=",".join(SECTIONS), help="comma-separated: engines,pipeline,store"
+        "--sections",
+        default=",".join(SECTIONS),
+        help="comma-separated: engines,pipeline,store,training",
     )
     parser.add_argument("--seconds", type=float, default=None, help="budget per measurement")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (5)")
@@ -963,6 +1375,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=None, help="pipeline image side (512)")
     parser.add_argument("--store-n", type=int, default=None, help="store: inspections (2000)")
     parser.add_argument("--store-batch", type=int, default=None, help="store: batch (200)")
+    parser.add_argument("--train-width", type=int, default=None, help="training: width (32)")
+    parser.add_argument("--train-batch", type=int, default=None, help="training: CPU batch (8)")
+    parser.add_argument("--large-size", type=int, default=None, help="large frame side (16384)")
+    parser.add_argument("--large-width", type=int, default=None, help="large frame: width (8)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument(
         "--quick", action="store_true", help="smoke mode: width 8, tile 64, about 1 s each"
@@ -998,6 +1414,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         image_size=int(pick(args.image_size, 512, 128)),
         store_n=int(pick(args.store_n, 2000, 100)),
         store_batch=int(pick(args.store_batch, 200, 20)),
+        train_width=int(pick(args.train_width, 32, 8)),
+        train_batch=int(pick(args.train_batch, 8, 4)),
+        large_size=int(pick(args.large_size, 16384, 2048)),
+        large_width=int(pick(args.large_width, 8, 8)),
         out=args.out or get_settings().var_dir / "bench" / "bench.json",
     )
     for name in ("rounds", "width", "tile", "batch", "images", "image_size", "store_n"):
@@ -1040,13 +1460,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "config": cfg.to_dict(),
         "engines": [],
         "pipeline": [],
+        "large": [],
         "store": [],
+        "training": [],
         "notes": notes,
     }
     sections: dict[str, Callable[[BenchConfig, list[str], Callable[[str], None]], list[Any]]] = {
         "engines": run_engines,
         "pipeline": run_pipeline,
+        "large": run_large,
         "store": run_store,
+        "training": run_training,
     }
     for name in cfg.sections:
         payload[name] = sections[name](cfg, notes, log)

@@ -164,7 +164,8 @@ class ModelProvider:
             logger.error(message)
             self._event("model_load_failed", message, "error", version, flow_run_id, {"path": path})
             return False
-        self.inspector = candidate
+        previous, self.inspector = self.inspector, candidate
+        previous.close()
         self.switches += 1
         message = f"switched from {old} to new champion {version}"
         logger.info(message)
@@ -515,6 +516,7 @@ class LineMonitor:
     def close(self) -> None:
         """Flush nothing (every batch commits itself), close the source, free connections."""
         self.source.close()
+        self.models.inspector.close()
         self.engine.dispose()
 
 

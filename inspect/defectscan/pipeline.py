@@ -214,9 +214,12 @@ class _BandPost:
     """Per-band work for a large frame: peaks, where classes fire, probabilities spilled.
 
     Bands are written row-major (``[rows, K, W]`` float32) to an unlinked temporary file: the
-    page cache holds them, not this process. At the end only the rows and columns around
-    pixels over threshold are read back and post-processed, which gives exactly what
-    post-processing the whole frame gives (its work is confined to those regions anyway).
+    page cache holds them, not this process. For every row the first and last column over a
+    threshold are kept (8 bytes a row). At the end, rows with such pixels are grouped into
+    clusters separated by more background than post-processing's margin can bridge, and each
+    cluster's rows and columns alone are read back and post-processed. That gives exactly what
+    post-processing the whole frame gives (its work per class is confined to the pixels' bounding
+    box plus that margin), in the memory of the largest cluster.
     """
 
     def __init__(self, grid: TileGrid, channels: int, cfg: PostprocessConfig) -> None:
@@ -224,7 +227,8 @@ class _BandPost:
         self.channels = channels
         self.cfg = cfg
         self.peaks = np.full(channels, -np.inf, dtype=np.float64)
-        self.box: list[int] | None = None  # y0, y1, x0, x1 of pixels over threshold
+        self._first = np.full(grid.height, -1, dtype=np.int32)  # first column over threshold
+        self._last = np.full(grid.height, -1, dtype=np.int32)
         # Closed by finish() or close(): it lives as long as the frame, not a block.
         self._file = tempfile.TemporaryFile(prefix="defectscan-bands-")  # noqa: SIM115
 
@@ -234,19 +238,13 @@ class _BandPost:
         any_mask: np.ndarray | None = None
         for mask in class_masks(band, self.cfg):
             any_mask = mask if any_mask is None else any_mask | mask
-        if any_mask is not None and any_mask.any():
-            rows = np.flatnonzero(any_mask.any(axis=1))
-            cols = np.flatnonzero(any_mask.any(axis=0))
-            box = [y0 + int(rows[0]), y0 + int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1]
-            if self.box is None:
-                self.box = box
-            else:
-                self.box = [
-                    min(self.box[0], box[0]),
-                    max(self.box[1], box[1]),
-                    min(self.box[2], box[2]),
-                    max(self.box[3], box[3]),
-                ]
+        if any_mask is not None:
+            hit = any_mask.astype(bool)
+            rows = np.flatnonzero(hit.any(axis=1))
+            if rows.size:
+                sub = hit[rows]
+                self._first[y0 + rows] = sub.argmax(axis=1)
+                self._last[y0 + rows] = sub.shape[1] - 1 - sub[:, ::-1].argmax(axis=1)
         self._file.seek(y0 * self.channels * self.grid.width * 4)
         self._file.write(np.ascontiguousarray(band.transpose(1, 0, 2)).tobytes())
 
@@ -254,38 +252,66 @@ class _BandPost:
         """Per-channel maxima shaped like a one-pixel frame (for :func:`_peaks`)."""
         return self.peaks.astype(np.float32).reshape(self.channels, 1, 1)
 
+    def _read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        k, w = self.channels, self.grid.width
+        crop = np.empty((k, y1 - y0, x1 - x0), dtype=np.float32)
+        step = max(1, (64 << 20) // (k * w * 4))  # read back in chunks of about 64 MiB
+        for a in range(y0, y1, step):
+            b = min(y1, a + step)
+            self._file.seek(a * k * w * 4)
+            rows = np.fromfile(self._file, dtype=np.float32, count=(b - a) * k * w)
+            crop[:, a - y0 : b - y0] = rows.reshape(b - a, k, w)[:, :, x0:x1].transpose(1, 0, 2)
+        return crop
+
+    def clusters(self) -> list[tuple[int, int, int, int]]:
+        """``(y0, y1, x0, x1)`` of each independent region, margin included."""
+        h, w = self.grid.height, self.grid.width
+        # The margin post-processing itself grows each class's region by.
+        margin = self.cfg.morph_kernel + 2 if self.cfg.morph_kernel > 0 else 0
+        rows = np.flatnonzero(self._first >= 0)
+        if rows.size == 0:
+            return []
+        # Two groups of rows are independent when their margins cannot touch.
+        cuts = np.flatnonzero(np.diff(rows) > 2 * margin + 1) + 1
+        out = []
+        for group in np.split(rows, cuts):
+            x0 = int(self._first[group].min())
+            x1 = int(self._last[group].max()) + 1
+            out.append(
+                (
+                    max(0, int(group[0]) - margin),
+                    min(h, int(group[-1]) + 1 + margin),
+                    max(0, x0 - margin),
+                    min(w, x1 + margin),
+                )
+            )
+        return out
+
     def finish(self) -> Postprocessed:
         """Class map, defects and verdict of the whole frame."""
-        h, w, k = self.grid.height, self.grid.width, self.channels
-        class_map = np.zeros((h, w), dtype=np.uint8)
+        class_map = np.zeros((self.grid.height, self.grid.width), dtype=np.uint8)
+        defects: list[Defect] = []
+        verdict: Literal["pass", "fail"] = "pass"
         try:
-            if self.box is None:
-                return Postprocessed(class_map=class_map, defects=[], verdict="pass")
-            # The margin post-processing itself grows each class's region by.
-            margin = self.cfg.morph_kernel + 2 if self.cfg.morph_kernel > 0 else 0
-            y0, y1 = max(0, self.box[0] - margin), min(h, self.box[1] + margin)
-            x0, x1 = max(0, self.box[2] - margin), min(w, self.box[3] + margin)
-            crop = np.empty((k, y1 - y0, x1 - x0), dtype=np.float32)
-            step = max(1, (64 << 20) // (k * w * 4))  # read back in chunks of about 64 MiB
-            for a in range(y0, y1, step):
-                b = min(y1, a + step)
-                self._file.seek(a * k * w * 4)
-                rows = np.fromfile(self._file, dtype=np.float32, count=(b - a) * k * w)
-                crop[:, a - y0 : b - y0] = rows.reshape(b - a, k, w)[:, :, x0:x1].transpose(1, 0, 2)
+            for y0, y1, x0, x1 in self.clusters():
+                post = postprocess(self._read(y0, y1, x0, x1), self.cfg)
+                class_map[y0:y1, x0:x1] = post.class_map
+                if post.verdict == "fail":
+                    verdict = "fail"
+                defects += [
+                    dataclasses.replace(
+                        d,
+                        bbox=(d.bbox[0] + x0, d.bbox[1] + y0, d.bbox[2], d.bbox[3]),
+                        centroid=(d.centroid[0] + x0, d.centroid[1] + y0),
+                        polygon=[[p[0] + x0, p[1] + y0] for p in d.polygon],
+                    )
+                    for d in post.defects
+                ]
         finally:
             self._file.close()
-        post = postprocess(crop, self.cfg)
-        class_map[y0:y1, x0:x1] = post.class_map
-        defects = [
-            dataclasses.replace(
-                d,
-                bbox=(d.bbox[0] + x0, d.bbox[1] + y0, d.bbox[2], d.bbox[3]),
-                centroid=(d.centroid[0] + x0, d.centroid[1] + y0),
-                polygon=[[p[0] + x0, p[1] + y0] for p in d.polygon],
-            )
-            for d in post.defects
-        ]
-        return Postprocessed(class_map=class_map, defects=defects, verdict=post.verdict)
+        # The order post-processing gives a whole frame.
+        defects.sort(key=lambda d: (d.class_index, d.bbox[1], d.bbox[0], d.polygon[0][::-1]))
+        return Postprocessed(class_map=class_map, defects=defects, verdict=verdict)
 
     def close(self) -> None:
         """Drop the spilled bands (a frame abandoned half way)."""
@@ -383,6 +409,8 @@ class Inspector:
             tile=tile,
             device=device,
             precision=precision,
+            checkpoint_sha256=ckpt.sha256,
+            spec=ckpt.spec,
         )
         return cls(
             engine,
@@ -464,6 +492,12 @@ class Inspector:
                     if isinstance(item, _Job) and item.bands is not None and item.post is None:
                         item.bands.close()
 
+    def close(self) -> None:
+        """Stop this inspector's inference thread (a swapped-out model must not keep one)."""
+        pool, self._infer_pool = self._infer_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def _inference_pool(self) -> ThreadPoolExecutor:
         """The one thread that runs this inspector's engine (CUDA graphs stay on one thread)."""
         if self._infer_pool is None:
@@ -507,7 +541,8 @@ class Inspector:
         while active:
             head = active[0]
             if isinstance(head, InspectionResult):
-                yield active.popleft()
+                active.popleft()
+                yield head
                 continue
             if head.post is None or not (block or head.post.done()):
                 return

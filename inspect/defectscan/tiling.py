@@ -19,18 +19,21 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from defectscan.errors import ConfigError
 
 __all__ = [
+    "BandStitcher",
     "Stitcher",
     "TileBatch",
     "TileGrid",
+    "TileReader",
     "batch_tiles",
     "blend_window",
     "extract_tile",
@@ -119,7 +122,29 @@ def make_grid(height: int, width: int, *, tile: int, overlap: int) -> TileGrid:
     )
 
 
-def _check_image(image: np.ndarray, grid: TileGrid) -> None:
+@runtime_checkable
+class TileReader(Protocol):
+    """A frame that cuts its tiles on demand (large frames: no full-frame float tensor)."""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of the model input the tiles come from."""
+        ...
+
+    def read_tile(self, grid: TileGrid, index: int) -> np.ndarray:
+        """Tile ``index`` as float32 ``[C, tile, tile]`` (reflect-padded like extract_tile)."""
+        ...
+
+
+def _check_image(image: np.ndarray | TileReader, grid: TileGrid) -> None:
+    if isinstance(image, TileReader):
+        if tuple(image.shape[1:]) != (grid.height, grid.width):
+            msg = (
+                f"tile reader has shape {tuple(image.shape)}, expected "
+                f"[C, {grid.height}, {grid.width}] (the size the grid was made for)"
+            )
+            raise ValueError(msg)
+        return
     if image.ndim != 3 or image.shape[1:] != (grid.height, grid.width):
         msg = (
             f"image has shape {tuple(image.shape)}, expected [C, {grid.height}, {grid.width}] "
@@ -164,13 +189,24 @@ class TileBatch:
     tiles: np.ndarray  # float32 [B, C, tile, tile], contiguous
 
 
+def _frame_tiles(
+    image: np.ndarray | TileReader, grid: TileGrid
+) -> Iterator[tuple[int, np.ndarray]]:
+    if isinstance(image, TileReader):
+        for index in range(grid.n_tiles):
+            yield index, image.read_tile(grid, index)
+    else:
+        yield from iter_tiles(image, grid)
+
+
 def batch_tiles(
-    frames: Iterable[tuple[np.ndarray, TileGrid]], batch_size: int
+    frames: Iterable[tuple[np.ndarray | TileReader, TileGrid]], batch_size: int
 ) -> Iterator[TileBatch]:
     """Tiles of several frames, in frame order, packed into batches of at most ``batch_size``.
 
     Batches span frame boundaries so that small frames still fill the accelerator; only the
-    final batch can be short. All frames must share one tile size and channel count.
+    final batch can be short. All frames must share one tile size and channel count. A frame
+    is a ``[C, H, W]`` float32 array or a :class:`TileReader` (tiles cut on demand).
     """
     if batch_size < 1:
         msg = f"batch_size must be >= 1, got {batch_size}"
@@ -186,7 +222,7 @@ def batch_tiles(
                 f"{buf.shape[1:]}: batch frames with one tile size and channel count"
             )
             raise ValueError(msg)
-        for index, tile in iter_tiles(image, grid):
+        for index, tile in _frame_tiles(image, grid):
             if buf is None:
                 buf = np.empty((batch_size, *shape), dtype=np.float32)
             buf[len(keys)] = tile
@@ -290,3 +326,99 @@ class Stitcher:
         self._out = self._result
         self._wsum = np.zeros((0, 0), dtype=np.float32)
         return self._result
+
+
+class BandStitcher:
+    """Blends tiles like :class:`Stitcher` but emits the frame in bands of finished rows.
+
+    Rows ``[ys[r], ys[r + 1])`` receive no contribution from tile rows after ``r``, so once
+    every tile of rows ``0..r`` has been added they are final: ``on_band(y0, probs)`` gets them
+    (float32 ``[channels, rows, W]``, cropped to the frame) and they are dropped. Memory is
+    about one tile-row of the padded width (more only while later rows arrive early).
+    """
+
+    def __init__(
+        self,
+        grid: TileGrid,
+        channels: int,
+        on_band: Callable[[int, np.ndarray], None],
+    ) -> None:
+        if channels < 1:
+            msg = f"channels must be >= 1, got {channels}"
+            raise ValueError(msg)
+        self.grid = grid
+        self.channels = channels
+        self._on_band = on_band
+        _, wp = grid.padded_shape
+        t = grid.tile
+        self._top = 0  # first padded row not emitted yet; buffer row 0 is this row
+        self._out = np.zeros((channels, t, wp), dtype=np.float32)
+        self._wsum = np.zeros((t, wp), dtype=np.float32)
+        self._window = blend_window(grid.tile, grid.overlap)
+        self._seen = np.zeros(grid.n_tiles, dtype=bool)
+        self._left = [len(grid.xs)] * len(grid.ys)  # tiles still missing per tile row
+        self._next_row = 0  # next tile row to emit
+
+    @property
+    def done(self) -> bool:
+        """Every tile has been added and every band emitted."""
+        return self._next_row == len(self.grid.ys)
+
+    def result(self) -> np.ndarray:
+        """Not available: the bands went to ``on_band`` (use :class:`Stitcher` for that)."""
+        msg = (
+            "a BandStitcher hands its frame out band by band and keeps no full frame: use "
+            "Stitcher for frames whose probabilities must be kept whole"
+        )
+        raise ValueError(msg)
+
+    def _grow(self, rows: int) -> None:
+        old = self._out.shape[1]
+        if rows <= old:
+            return
+        out = np.zeros((self.channels, rows, self._out.shape[2]), dtype=np.float32)
+        wsum = np.zeros((rows, self._out.shape[2]), dtype=np.float32)
+        out[:, :old] = self._out
+        wsum[:old] = self._wsum
+        self._out, self._wsum = out, wsum
+
+    def add(self, index: int, tile_output: np.ndarray) -> None:
+        """Blend the output ``[channels, tile, tile]`` of tile ``index``; emit finished bands."""
+        t = self.grid.tile
+        if tuple(tile_output.shape) != (self.channels, t, t):
+            msg = (
+                f"tile output has shape {tuple(tile_output.shape)}, expected "
+                f"[{self.channels}, {t}, {t}] (channels, tile, tile)"
+            )
+            raise ValueError(msg)
+        y, x = self.grid.position(index)
+        if self._seen[index]:
+            msg = f"tile {index} was already added: every tile must be added exactly once"
+            raise ValueError(msg)
+        self._seen[index] = True
+        row = y - self._top
+        self._grow(row + t)
+        self._out[:, row : row + t, x : x + t] += self._window * tile_output
+        self._wsum[row : row + t, x : x + t] += self._window
+        self._left[index // len(self.grid.xs)] -= 1
+        while self._next_row < len(self.grid.ys) and self._left[self._next_row] == 0:
+            self._emit(self._next_row)
+            self._next_row += 1
+
+    def _emit(self, r: int) -> None:
+        ys = self.grid.ys
+        hp, _ = self.grid.padded_shape
+        end = ys[r + 1] if r + 1 < len(ys) else hp
+        n = end - self._top
+        h, w = self.grid.height, self.grid.width
+        rows = min(end, h) - self._top
+        if rows > 0:
+            band = self._out[:, :rows, :w] / self._wsum[:rows, :w]
+            self._on_band(self._top, band)
+        # Shift the unfinished rows to the top of the buffer.
+        keep = self._out.shape[1] - n
+        self._out[:, :keep] = self._out[:, n:]
+        self._out[:, keep:] = 0.0
+        self._wsum[:keep] = self._wsum[n:]
+        self._wsum[keep:] = 0.0
+        self._top = end

@@ -25,6 +25,7 @@ CPU_ROWS = {
     "onnxruntime-fp32-b8",
     "openvino-b8",
     "openvino-fp32-b8",
+    "openvino-int8-b8",
 }
 
 

@@ -6,15 +6,23 @@ softmax) is applied inside the backend, so exported engines carry it in their gr
 
 - :class:`TorchBackend`: CUDA when present, else CPU; ``inference_mode``, ``eval()``,
   BatchNorm folded into the convolutions, channels_last, autocast (bf16 on CPUs with native
-  bf16 and on CUDA; fp16 on CUDA on request).
+  bf16 and on CUDA; fp16 on CUDA on request). On CUDA it also compiles the network
+  (``torch.compile``, inductor cache under ``var/inductor``) and replays it as a CUDA graph
+  for the fixed tile shape, through pinned host buffers and non-blocking copies; a compiled
+  model that does not match eager torch on its first batch is dropped for eager, with a
+  warning. On the CPU compiling is off by default (see :func:`default_compile`).
 - :class:`OpenVINOBackend` and :class:`OnnxRuntimeBackend`: the same network exported; optional
-  extras (``pip install defectscan[engines]``).
+  extras (``pip install defectscan[engines]``). Exported files (``defectscan export``, INT8
+  included) load with :meth:`OpenVINOBackend.from_file` / :meth:`OnnxRuntimeBackend.from_file`.
+- ``auto``: torch on CUDA; on the CPU the fastest engine that passes parity, cached under
+  ``var/engines`` by the checkpoint's sha256 (:mod:`defectscan.model.export`).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -25,9 +33,11 @@ import torch
 from torch import nn
 
 from defectscan.errors import ConfigError
-from defectscan.model.spec import Activation
+from defectscan.model.spec import Activation, ModelSpec
 
 __all__ = [
+    "BF16_DISABLE_ENV",
+    "COMPILE_PARITY_ATOL",
     "Backend",
     "BackendName",
     "OnnxRuntimeBackend",
@@ -36,7 +46,9 @@ __all__ = [
     "TorchBackend",
     "WithActivation",
     "autocast_dtype",
+    "bf16_disabled",
     "cpu_supports_bf16",
+    "default_compile",
     "fold_batchnorm",
     "make_backend",
     "resolve_device",
@@ -44,8 +56,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Set to 1/true/yes to make ``auto`` precision never pick bf16 (training, evaluation and
+#: inference alike): a CPU with native bf16 then computes what one without it computes.
+BF16_DISABLE_ENV = "DEFECTSCAN_DISABLE_BF16"
+
 BackendName = Literal["auto", "torch", "openvino", "onnxruntime"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+CompileMode = Literal["auto", "off", "on"]
+
+#: Largest probability difference a compiled model may show against eager torch on its first
+#: batch (same precision on both sides; reduced-precision rounding included).
+COMPILE_PARITY_ATOL = 2e-2
 
 
 @runtime_checkable
@@ -91,8 +112,18 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def bf16_disabled() -> bool:
+    """True when ``DEFECTSCAN_DISABLE_BF16`` is set: ``auto`` precision then never picks bf16."""
+    return os.environ.get(BF16_DISABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def cpu_supports_bf16() -> bool:
-    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX), so autocast pays off."""
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX), so autocast pays off.
+
+    False when bf16 is disabled (:func:`bf16_disabled`), as on a CPU without it.
+    """
+    if bf16_disabled():
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -100,11 +131,17 @@ def cpu_supports_bf16() -> bool:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None = fp32, no autocast)."""
+    """The autocast dtype for ``precision`` on ``device`` (None = fp32, no autocast).
+
+    ``auto``: bf16 on CUDA where supported (else fp16), bf16 on CPUs with native bf16, else
+    fp32; with :func:`bf16_disabled`, never bf16. An explicit ``bf16`` is always honoured.
+    """
     if precision == "fp32":
         return None
     if precision == "auto":
         if device.type == "cuda":
+            if bf16_disabled():
+                return torch.float16
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_supports_bf16() else None
     if precision == "fp16":
@@ -137,8 +174,32 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+def default_compile(device: torch.device) -> bool:
+    """Whether ``compile="auto"`` compiles on ``device``.
+
+    CUDA: yes (fixed tile shapes; about 2x eager on an H100 per issue 10). CPU: no: inductor's
+    CPU code for this UNet was not faster than eager oneDNN where measured, compiling costs
+    minutes on a 2-core machine, and OpenVINO is the CPU engine of choice anyway.
+    """
+    return device.type == "cuda"
+
+
+def _inductor_cache() -> None:
+    """Keep inductor's compiled kernels under ``var/inductor`` so restarts reuse them."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    try:
+        from defectscan.config import get_settings
+
+        cache = Path(get_settings().var_dir) / "inductor"
+    except Exception:  # settings broken: torch's default cache (/tmp) still works
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache.resolve())
+
+
 class TorchBackend:
-    """Eager PyTorch on CUDA or CPU."""
+    """PyTorch on CUDA or CPU: eager, or compiled and graph-replayed on CUDA."""
 
     name = "torch"
 
@@ -151,6 +212,8 @@ class TorchBackend:
         precision: Precision = "auto",
         channels_last: bool = True,
         fold_bn: bool = True,
+        compile: CompileMode = "auto",
+        cuda_graphs: bool = True,
     ) -> None:
         self._device = resolve_device(device)
         self.device = str(self._device)
@@ -161,21 +224,93 @@ class TorchBackend:
         if channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        want = default_compile(self._device) if compile == "auto" else compile == "on"
+        self.compiled = False
+        self._runner: Any = self.module
+        if want:
+            _inductor_cache()
+            # No CUDA graphs inside compile: cudagraph trees are bound to one thread; we
+            # capture our own graph per batch shape below (works from any thread).
+            mode = "max-autotune-no-cudagraphs" if self._device.type == "cuda" else "default"
+            self._runner = torch.compile(self.module, mode=mode, dynamic=False)
+            self.compiled = True
+        self._cuda_graphs = cuda_graphs and self._device.type == "cuda"
+        self._graphs: dict[tuple[int, ...], tuple[Any, torch.Tensor, torch.Tensor]] = {}
+        self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
+        self._checked = not self.compiled  # parity of the compiled model against eager
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities for a batch of tiles."""
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        if self._device.type == "cuda":
-            x = x.pin_memory().to(self._device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    def _forward(self, runner: Any, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             if self.dtype is not None:
                 with torch.autocast(self._device.type, dtype=self.dtype):
-                    y = self.module(x)
-            else:
-                y = self.module(x)
-            return y.float().contiguous().cpu().numpy()
+                    return runner(x)
+            return runner(x)
+
+    def _check_compiled(self, x: torch.Tensor) -> None:
+        """First batch: the compiled model must match eager, else eager is used from now on."""
+        self._checked = True
+        eager = self._forward(self.module, x).float()
+        try:
+            compiled = self._forward(self._runner, x).float()
+        except Exception as exc:  # inductor/triton failures are many and not ours to type
+            log.warning("torch.compile failed (%s: %s); using eager torch", type(exc).__name__, exc)
+            self._runner, self.compiled, self._cuda_graphs = self.module, False, False
+            return
+        diff = float((eager - compiled).abs().max())
+        if not diff <= COMPILE_PARITY_ATOL:
+            log.warning(
+                "compiled model differs from eager torch by %.3g (> %.3g) on its first batch: "
+                "using eager torch (set compile='off' to skip compiling)",
+                diff,
+                COMPILE_PARITY_ATOL,
+            )
+            self._runner, self.compiled, self._cuda_graphs = self.module, False, False
+
+    def _graph(self, x: torch.Tensor) -> torch.Tensor:
+        """Replay a CUDA graph captured for this input shape (captured on first sight)."""
+        key = tuple(x.shape)
+        entry = self._graphs.get(key)
+        if entry is None:
+            static_x = torch.empty_like(x)
+            static_x.copy_(x)
+            stream = torch.cuda.Stream(device=self._device)
+            stream.wait_stream(torch.cuda.current_stream(self._device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up outside the capture (autotuning, allocator)
+                    self._forward(self._runner, static_x)
+            torch.cuda.current_stream(self._device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_y = self._forward(self._runner, static_x)
+            entry = (graph, static_x, static_y)
+            self._graphs[key] = entry
+        graph, static_x, static_y = entry
+        static_x.copy_(x, non_blocking=True)
+        graph.replay()
+        return static_y
+
+    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self._device.type != "cuda":
+            return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        # A pinned staging buffer per shape, reused: a non-blocking copy needs pinned memory,
+        # and pinning a fresh buffer per batch costs more than the copy.
+        pinned = self._pinned.get(tuple(x.shape))
+        if pinned is None:
+            pinned = torch.empty(x.shape, dtype=torch.float32, pin_memory=True)
+            self._pinned[tuple(x.shape)] = pinned
+        pinned.copy_(x)
+        y = pinned.to(self._device, non_blocking=True)
+        return y.contiguous(memory_format=torch.channels_last) if self.channels_last else y
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for a batch of tiles."""
+        x = self._to_device(batch)
+        if not self._checked:
+            self._check_compiled(x)
+        y = self._graph(x) if self._cuda_graphs else self._forward(self._runner, x)
+        # .cpu() synchronises: the pinned input buffer is free again when this returns.
+        return y.float().contiguous().cpu().numpy()
 
 
 class OpenVINOBackend:
@@ -207,15 +342,43 @@ class OpenVINOBackend:
             warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)
             ov_model = ov.convert_model(module, example_input=example)
         ov_model.reshape([-1, n_channels, tile, tile])
+        self._setup(ov_model, device, precision)
+
+    def _setup(self, ov_model: Any, device: str, precision: str) -> None:
+        import openvino as ov
+
         config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT"}
-        if precision == "fp32":
+        if precision == "fp32" or (precision == "auto" and bf16_disabled()):
             config["INFERENCE_PRECISION_HINT"] = "f32"
         elif precision == "bf16":
             config["INFERENCE_PRECISION_HINT"] = "bf16"
         self._compiled = ov.Core().compile_model(ov_model, device, config)
         self._request = self._compiled.create_infer_request()
         self.device = device.lower()
+        self.precision: str = precision
+
+    @classmethod
+    def from_file(
+        cls, path: str | Path, *, device: str = "CPU", precision: str = "auto"
+    ) -> OpenVINOBackend:
+        """An exported OpenVINO IR (``model.xml``), e.g. the INT8 one of ``defectscan export``.
+
+        ``precision`` names what the file holds (``int8``) or the hint for fp32 weights.
+        """
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            msg = "OpenVINO is not installed: pip install 'defectscan[engines]'"
+            raise ConfigError(msg) from exc
+        path = Path(path)
+        if not path.is_file():
+            msg = f"OpenVINO model {path} does not exist: export it with `defectscan export`"
+            raise ConfigError(msg)
+        self = cls.__new__(cls)
+        hint = "auto" if precision == "int8" else precision
+        self._setup(ov.Core().read_model(str(path)), device, hint)
         self.precision = precision
+        return self
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a batch of tiles."""
@@ -259,6 +422,32 @@ class OnnxRuntimeBackend:
         self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
         self.precision = "fp32"
 
+    @classmethod
+    def from_file(cls, path: str | Path) -> OnnxRuntimeBackend:
+        """An exported ONNX file (``defectscan export --format onnx``)."""
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            msg = "ONNX Runtime is not installed: pip install 'defectscan[engines]'"
+            raise ConfigError(msg) from exc
+        path = Path(path)
+        if not path.is_file():
+            msg = f"ONNX model {path} does not exist: export it with `defectscan export`"
+            raise ConfigError(msg)
+        providers = [
+            p
+            for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+            if p in ort.get_available_providers()
+        ]
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self = cls.__new__(cls)
+        self._session = ort.InferenceSession(str(path), opts, providers=providers)
+        self._input = self._session.get_inputs()[0].name
+        self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
+        self.precision = "fp32"
+        return self
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a batch of tiles."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
@@ -271,6 +460,11 @@ def export_onnx(module: nn.Module, path: Path, *, n_channels: int, tile: int) ->
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)
+        # The TorchScript exporter is deliberate (dynamo=False: it handles the traced UNet).
+        warnings.filterwarnings(
+            "ignore", "You are using the legacy TorchScript", DeprecationWarning
+        )
+        warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
         _export(module, example, path)
 
 
@@ -296,18 +490,30 @@ def make_backend(
     tile: int,
     device: str = "auto",
     precision: Precision = "auto",
+    checkpoint_sha256: str | None = None,
+    spec: ModelSpec | None = None,
 ) -> Backend:
-    """Build the named engine; ``auto`` is torch on CUDA, OpenVINO on CPU where installed."""
+    """Build the named engine.
+
+    ``auto``: torch (compiled) on CUDA; on the CPU the fastest engine that passes parity
+    against eager torch (an exported INT8 engine from the cache first, then OpenVINO, ONNX
+    Runtime, torch), cached under ``var/engines`` when ``checkpoint_sha256`` is given.
+    """
     if name == "auto":
         if resolve_device(device).type == "cuda":
             name = "torch"
         else:
-            try:
-                import openvino  # noqa: F401
-            except ImportError:
-                name = "torch"
-            else:
-                name = "openvino"
+            from defectscan.model.export import auto_cpu_backend
+
+            return auto_cpu_backend(
+                model,
+                activation,
+                n_channels=n_channels,
+                tile=tile,
+                precision=precision,
+                checkpoint_sha256=checkpoint_sha256,
+                spec=spec,
+            )
     if name == "torch":
         return TorchBackend(model, activation, device=device, precision=precision)
     if name == "openvino":
