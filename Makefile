@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml .ci/install.sh
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(VENV)/bin/defectscan db upgrade
 	$(VENV)/bin/defectscan demo
 
 services:
@@ -32,6 +33,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	bash .ci/services.sh
+	bash .ci/browser.sh
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 

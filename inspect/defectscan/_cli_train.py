@@ -488,6 +488,9 @@ def models_list(
                 "mean_iou": (mv.metrics or {}).get("mean_iou"),
                 "parent": mv.parent.version if mv.parent else None,
                 "training_run": mv.training_run_id,
+                "trigger": mv.training_run.trigger if mv.training_run else None,
+                "requested_by": mv.training_run.requested_by if mv.training_run else None,
+                "reason": mv.training_run.reason if mv.training_run else None,
                 "dataset": (mv.dataset_fingerprint or "")[:12] or None,
                 "created_at": mv.created_at.isoformat() if mv.created_at else None,
                 "checkpoint": mv.checkpoint_path,
@@ -500,6 +503,8 @@ def models_list(
     table = Table(title="model versions")
     for col in ("version", "status", "activation", "val mean IoU", "parent", "run", "dataset"):
         table.add_column(col)
+    for col in ("trigger", "requested by", "reason"):
+        table.add_column(col, overflow="fold")
     for r in rows:
         iou = r["mean_iou"]
         table.add_row(
@@ -510,6 +515,9 @@ def models_list(
             r["parent"] or "-",
             str(r["training_run"] or "-"),
             r["dataset"] or "-",
+            r["trigger"] or "-",
+            r["requested_by"] or "-",
+            r["reason"] or "-",
         )
     console.print(table)
 

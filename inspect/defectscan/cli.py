@@ -340,6 +340,12 @@ def _register_subcommands() -> None:
     from defectscan._cli_ops import register as register_ops
 
     register_ops(app)
+    from defectscan._cli_export import register as register_export
+
+    register_export(app)
+    from defectscan._cli_flows import register as register_flows
+
+    register_flows(app)
     try:
         from defectscan._cli_train import register
     except ImportError:  # pragma: no cover - only while the training module is absent

@@ -13,7 +13,12 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["configure_prefect", "prefect_server_configured"]
+__all__ = [
+    "configure_prefect",
+    "crash_orphaned_runs",
+    "prefect_server_configured",
+    "prefect_server_reachable",
+]
 
 _DONE = False
 
@@ -55,3 +60,62 @@ def configure_prefect(var_dir: Path | None = None) -> None:
         # The temporary server's pool logs a cancelled connection reset when it stops: noise
         # from Prefect's own database (our engines use the synchronous QueuePool).
         logging.getLogger("sqlalchemy.pool.impl.AsyncAdaptedQueuePool").setLevel(logging.CRITICAL)
+
+
+def prefect_server_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether ``PREFECT_API_URL`` is set and its server answers ``/health``."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return False
+    from defectscan.health import check_prefect
+
+    return check_prefect(url, timeout_s=timeout_s).ok
+
+
+def crash_orphaned_runs(deployments: list[str], *, reason: str | None = None) -> list[str]:
+    """Mark runs of these deployments (``flow/deployment``) left Running or Pending as Crashed.
+
+    Called when ``defectscan serve`` starts: a serve process that was killed cannot report
+    its runs' end, and a run that stays Running holds its deployment's concurrency slot (one
+    retrain at a time) forever. Returns the names of the runs marked.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    message = reason or "left running by a defectscan serve process that stopped without ending it"
+    marked: list[str] = []
+    with get_client(sync_client=True) as client:
+        names = []
+        for full in deployments:
+            try:
+                names.append(client.read_deployment_by_name(full).name)
+            except ObjectNotFound:
+                continue
+        if not names:
+            return marked
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=names)),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(
+                        any_=[StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]
+                    )
+                )
+            ),
+        )
+        for run in runs:
+            client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+            logging.getLogger(__name__).warning(
+                "flow run %s (%s) was left %s: marked crashed", run.name, run.id, run.state_name
+            )
+            marked.append(run.name)
+    return marked

@@ -6,6 +6,7 @@ import html
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -14,7 +15,11 @@ from defectscan.imaging import DecodedImage, write_image
 from defectscan.pipeline import InspectionResult
 from defectscan.postprocess import Defect
 
+if TYPE_CHECKING:
+    from defectscan.batch import BatchReport
+
 __all__ = [
+    "batch_report_html",
     "class_color",
     "html_report",
     "overlay",
@@ -179,4 +184,130 @@ def html_report(rows: Sequence[dict[str, object]], path: str | Path, *, title: s
         + "</table></body></html>"
     )
     path.write_text(page, encoding="utf-8")
+    return path
+
+
+_BATCH_CSS = """
+body{font-family:'DejaVu Sans',Arial,sans-serif;margin:24px;color:#222;background:#fafafa}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
+.meta{color:#555;font-size:13px}
+.cards{display:flex;gap:12px;flex-wrap:wrap;margin:16px 0}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px 16px;min-width:110px}
+.card b{display:block;font-size:24px}.card span{font-size:12px;color:#555}
+table{border-collapse:collapse;background:#fff}
+th,td{border:1px solid #ddd;padding:4px 10px;font-size:13px;text-align:left}
+td.num{text-align:right}
+.bar{display:inline-block;height:10px;background:#c33;vertical-align:middle;margin-right:6px}
+.swatch{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:6px;
+vertical-align:middle}
+.grid{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px;width:240px}
+figure img{width:100%;height:auto;display:block;image-rendering:pixelated}
+figcaption{font-size:12px;margin-top:4px;word-break:break-all}
+.fail{color:#b00;font-weight:bold}.pass{color:#070}.rejected{color:#a60;font-weight:bold}
+"""
+
+
+def _pct(value: object) -> str:
+    return "-" if value is None else f"{100 * float(value):.1f}%"  # type: ignore[arg-type]
+
+
+def _hex(bgr: tuple[int, int, int]) -> str:
+    b, g, r = bgr
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def batch_report_html(report: BatchReport, path: str | Path, *, max_thumbnails: int = 500) -> Path:
+    """The HTML report of a batch: summary, per-class counts, rate by camera, overlays, rejects.
+
+    Overlay thumbnails are linked relatively, so the report folder can be moved or served as is.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    e = html.escape
+
+    def rel(p: str) -> str:
+        return e(os.path.relpath(p, path.parent))
+
+    cards = [
+        (len(report.parts), "parts"),
+        (report.inspected, "inspected"),
+        (report.failed, "failed"),
+        (_pct(report.defect_rate), "defect rate"),
+        (len(report.rejected), "rejected"),
+        (len(report.missing), "not found"),
+    ]
+    out = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{e(report.title)}</title><style>{_BATCH_CSS}</style></head><body>",
+        f"<h1>{e(report.title)}</h1>",
+        f"<div class='meta'>model <code>{e(report.model_version)}</code> &middot; "
+        f"{e(report.started_at.strftime('%Y-%m-%d %H:%M:%S UTC'))} &middot; "
+        f"{report.inserted} new rows, {report.duplicates} already stored</div>",
+        "<div class='cards' id='summary'>",
+        *(
+            f"<div class='card' data-what='{e(label)}'><b>{e(str(value))}</b>"
+            f"<span>{e(label)}</span></div>"
+            for value, label in cards
+        ),
+        "</div>",
+        "<h2>Defects per class</h2><table id='per-class'>",
+        "<tr><th>class</th><th>defects</th><th>parts</th><th>share of parts</th></tr>",
+    ]
+    for i, (name, c) in enumerate(report.per_class().items(), start=1):
+        out.append(
+            f"<tr data-class='{e(name)}'><td><span class='swatch' "
+            f"style='background:{_hex(class_color(i))}'></span>{e(name)}</td>"
+            f"<td class='num defects'>{c['defects']}</td><td class='num parts'>{c['parts']}</td>"
+            f"<td class='num'>{_pct(c['rate'])}</td></tr>"
+        )
+    out += [
+        "</table><h2>Defect rate by camera</h2><table id='by-camera'>",
+        "<tr><th>camera</th><th>inspected</th><th>failed</th><th>rejected</th><th>rate</th></tr>",
+    ]
+    for camera, c in report.by_camera().items():
+        width = round(100 * float(c["rate"] or 0))
+        out.append(
+            f"<tr data-camera='{e(camera)}'><td>{e(camera)}</td>"
+            f"<td class='num inspected'>{c['inspected']}</td>"
+            f"<td class='num failed'>{c['failed']}</td><td class='num'>{c['rejected']}</td>"
+            f"<td><span class='bar' style='width:{width}px'></span>{_pct(c['rate'])}</td></tr>"
+        )
+    out.append("</table>")
+    out.append("<h2>Rejected inputs</h2>")
+    if report.rejected or report.missing:
+        out.append("<table id='rejected'><tr><th>input</th><th>reason</th></tr>")
+        for p in report.rejected:
+            out.append(
+                f"<tr class='rejected-input'><td>{e(p.uri)}</td>"
+                f"<td>{e(str(p.error_kind))}: {e(str(p.error_message))}</td></tr>"
+            )
+        for m in report.missing:
+            out.append(
+                f"<tr class='missing-input'><td>{e(m.ref)}</td>"
+                f"<td>not found: {e(m.reason)}</td></tr>"
+            )
+        out.append("</table>")
+    else:
+        out.append("<p>None.</p>")
+    worst = {p.sha256 for p in report.worst()}
+    shown = sorted(
+        (p for p in report.parts if p.thumbnail),
+        key=lambda p: (p.verdict != "fail", -p.defect_area, p.uri),
+    )[:max_thumbnails]
+    out.append(f"<h2>Parts ({len(shown)} overlays, failed first)</h2><div class='grid'>")
+    for p in shown:
+        assert p.thumbnail is not None
+        defects = ", ".join(f"{n} {c}" for c, n in sorted(p.classes.items())) or "no defects"
+        verdict = p.verdict or p.status
+        star = " &#9733; worst" if p.sha256 in worst else ""
+        out.append(
+            f"<figure data-sha256='{e(p.sha256)}' data-verdict='{e(verdict)}'>"
+            f"<img src='{rel(p.thumbnail)}' alt='{e(p.uri)}'>"
+            f"<figcaption><span class='{e(verdict)}'>{e(verdict)}</span>{star} &middot; "
+            f"{e(p.camera or '-')} &middot; {e(defects)}<br>{e(os.path.basename(p.uri))}"
+            "</figcaption></figure>"
+        )
+    out.append("</div></body></html>")
+    path.write_text("\n".join(out), encoding="utf-8")
     return path

@@ -1,0 +1,653 @@
+"""Retraining: base dataset + operator reviews -> candidate -> the gate on a fixed holdout.
+
+:func:`run_retrain` is the whole job; the Prefect flow (``flows/retrain.py``) and the CLI's
+in-process path call it. One run:
+
+1. takes the retrain lock (one retrain at a time on this machine; the deployment's concurrency
+   limit does the same across machines) and records a ``training_runs`` row (trigger, who asked,
+   why, ``running``);
+2. settles the **holdout**: a fixed set of base images chosen once by content hash and copied
+   under ``var/retrain/holdout`` with a manifest; never trained on (a review of an image in the
+   holdout is left out of training too) and recorded in every run's ``dataset_stats``;
+3. builds the training set: the base dataset minus the holdout, plus the reviewed inspections
+   (images from the archive by sha256, masks from the reviews: :mod:`defectscan.training.reviews`);
+4. trains a candidate (parent: the champion), registers it, and lets the promotion gate score
+   champion and candidate on the same holdout through the inspection path
+   (:func:`defectscan.training.registry.evaluate_and_promote`);
+5. marks the consumed reviews used (only now that the run succeeded) and finishes the row with
+   both models' metrics side by side, the decision and why, and the timings.
+
+A failure at any step records the run as ``failed`` with the error, leaves the reviews unused
+for the next run, and raises :class:`RetrainError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from defectscan.archive import ImageArchive
+from defectscan.errors import ConfigError, DatasetError, DefectscanError
+from defectscan.store.db import session_factory
+from defectscan.store.repository import (
+    create_training_run,
+    finish_training_run,
+    get_champion,
+    mark_reviews_used,
+)
+from defectscan.store.schema import TrainingRun
+
+__all__ = [
+    "Holdout",
+    "RetrainBusyError",
+    "RetrainError",
+    "RetrainOutcome",
+    "RetrainRequest",
+    "build_training_set",
+    "ensure_holdout",
+    "find_run_of_flow",
+    "outcome_of_run",
+    "retrain_from_settings",
+    "retrain_lock",
+    "run_retrain",
+]
+
+logger = logging.getLogger(__name__)
+
+Trigger = Literal["scheduled", "operator", "cli", "drift"]
+
+#: Fast defaults for a retrain (a recipe overrides any of them; TrainConfig field names).
+DEFAULT_RECIPE: dict[str, Any] = {"epochs": 20, "patience": 6}
+
+
+class RetrainError(DefectscanError):
+    """A retrain could not run or failed; the training run row says where."""
+
+    kind = "retrain"
+
+    def __init__(self, message: str, *, outcome: RetrainOutcome | None = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+class RetrainBusyError(RetrainError):
+    """Another retrain holds the lock: this request is refused, not queued."""
+
+    kind = "retrain_busy"
+
+
+@dataclass(frozen=True)
+class RetrainRequest:
+    """Who asks for a retrain, why, and on what."""
+
+    trigger: Trigger = "operator"
+    requested_by: str | None = None
+    reason: str | None = None
+    data: Path | None = None
+    recipe: dict[str, Any] = field(default_factory=dict)
+    holdout_fraction: float = 0.2
+    metric: str = "mean_iou"
+    margin: float = 0.01
+    name: str | None = None
+    flow_run_id: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        """JSON-safe form, stored as the training run's ``params``."""
+        d = asdict(self)
+        d["data"] = str(self.data) if self.data else None
+        return d
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """The fixed holdout: where it is, what it holds, and its fingerprint."""
+
+    path: Path
+    fingerprint: str
+    n_images: int
+    n_defective: int
+    sha256: frozenset[str]
+    created_at: str
+
+    def stats(self) -> dict[str, Any]:
+        """What the training run records about it."""
+        return {
+            "path": str(self.path),
+            "fingerprint": self.fingerprint,
+            "n_images": self.n_images,
+            "n_defective": self.n_defective,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass
+class RetrainOutcome:
+    """What a retrain did: the run row, the candidate, the gate's decision and why."""
+
+    training_run_id: int
+    status: Literal["succeeded", "failed"]
+    promoted: bool = False
+    candidate: str | None = None
+    champion_before: str | None = None
+    champion_after: str | None = None
+    metric: str = "mean_iou"
+    margin: float = 0.01
+    side_by_side: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    reason: str = ""
+    dataset_stats: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0: a new champion; 3: the candidate lost the gate; 1: the run failed."""
+        if self.status != "succeeded":
+            return 1
+        return 0 if self.promoted else 3
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (the flow's return value, the CLI's ``--json``)."""
+        d = asdict(self)
+        d["exit_code"] = self.exit_code
+        return d
+
+    def markdown(self) -> str:
+        """The result as a quality engineer reads it: both models side by side, the decision."""
+        decision = (
+            f"**{self.candidate} promoted to champion**"
+            if self.promoted
+            else f"**{self.candidate} stays a candidate**; {self.champion_before} keeps serving"
+        )
+        if self.status != "succeeded":
+            decision = f"**failed**: {self.error}"
+        lines = [
+            f"# Retrain (training run {self.training_run_id})",
+            "",
+            decision,
+            "",
+            f"Why: {self.reason or '-'}",
+            "",
+            f"Gate: `{self.metric}` on the fixed holdout, margin {self.margin}",
+            "",
+            f"| metric | candidate ({self.candidate}) | champion ({self.champion_before}) |",
+            "|---|---:|---:|",
+        ]
+        for name, pair in self.side_by_side.items():
+            lines.append(
+                f"| {name} | {_fmt(pair.get('candidate'))} | {_fmt(pair.get('champion'))} |"
+            )
+        stats = self.dataset_stats
+        lines += [
+            "",
+            f"Data: {stats.get('n_base', 0)} base images, {stats.get('n_reviews', 0)} reviewed "
+            f"inspections ({stats.get('n_reviews_skipped', 0)} skipped), holdout "
+            f"{stats.get('holdout', {}).get('n_images', 0)} images.",
+            "",
+            "Timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings_s.items()),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+# --------------------------------------------------------------------------- lock
+
+
+@contextlib.contextmanager
+def retrain_lock(var_dir: Path) -> Iterator[Path]:
+    """Hold the retrain lock of this machine; :class:`RetrainBusyError` when it is taken."""
+    folder = Path(var_dir) / "retrain"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "retrain.lock"
+    with path.open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            msg = (
+                f"another retrain is running ({holder}); this request was refused, not queued: "
+                "try again when it has finished (`defectscan models list` shows its result)"
+            )
+            raise RetrainBusyError(msg) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} since {datetime.now(UTC).isoformat(timespec='seconds')}")
+        fh.flush()
+        try:
+            yield path
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _sha_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _unit(sha: str) -> float:
+    return int(sha[:13], 16) / float(1 << 52)
+
+
+def _base_samples(base: Path) -> tuple[tuple[str, ...], list[tuple[Path, Path, str]]]:
+    from defectscan.training.datasets import scan_dataset
+
+    index = scan_dataset(base, layout="images-masks")
+    out = []
+    for s in index.samples:
+        if s.mask is None:
+            msg = f"{s.image} has no mask; the base dataset needs one per image"
+            raise DatasetError(msg)
+        out.append((s.image, s.mask, _sha_file(s.image)))
+    return tuple(index.class_names), out
+
+
+def _mask_has_defect(path: Path) -> bool:
+    import cv2
+
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return mask is not None and bool(mask.any())
+
+
+def ensure_holdout(holdout_dir: Path, *, base: Path | None, fraction: float = 0.2) -> Holdout:
+    """The fixed holdout: read it back, or choose it once from ``base`` and keep it on disk.
+
+    Images are chosen by the hash of their bytes (at least one defective and one good image
+    where the base has them), so the choice does not depend on file names or order.
+    """
+    holdout_dir = Path(holdout_dir)
+    manifest = holdout_dir / "manifest.json"
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        missing = [f for f in data["files"] if not (holdout_dir / "images" / f).is_file()]
+        if missing:
+            msg = (
+                f"holdout {holdout_dir} lost {len(missing)} image(s) (e.g. {missing[0]}): "
+                "restore them, or delete the folder to choose a new holdout (scores of older "
+                "runs then no longer compare)"
+            )
+            raise DatasetError(msg)
+        return Holdout(
+            path=holdout_dir,
+            fingerprint=data["fingerprint"],
+            n_images=len(data["files"]),
+            n_defective=int(data["n_defective"]),
+            sha256=frozenset(data["sha256"]),
+            created_at=data["created_at"],
+        )
+    if base is None:
+        msg = (
+            "no holdout yet and no base dataset to choose one from: set retrain_data "
+            "(DEFECTSCAN_RETRAIN_DATA) or pass --data DIR (an images/ + masks/ folder)"
+        )
+        raise ConfigError(msg)
+    if not 0.0 < fraction < 1.0:
+        msg = f"holdout fraction must be in (0, 1), got {fraction}"
+        raise ConfigError(msg)
+    names, samples = _base_samples(base)
+    if len(samples) < 4:
+        msg = f"base dataset {base} has {len(samples)} images; a retrain needs at least 4"
+        raise DatasetError(msg)
+    ranked = sorted(samples, key=lambda s: _unit(s[2]))
+    n = max(1, round(fraction * len(samples)))
+    chosen = ranked[:n]
+    defective = [s for s in ranked if _mask_has_defect(s[1])]
+    good = [s for s in ranked if s not in defective]
+    for group in (defective, good):
+        if group and not any(s in chosen for s in group):
+            chosen.append(group[0])
+    tmp = holdout_dir.with_name(holdout_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images").mkdir(parents=True)
+    (tmp / "masks").mkdir(parents=True)
+    files = []
+    for image, mask, _sha in chosen:
+        shutil.copyfile(image, tmp / "images" / image.name)
+        shutil.copyfile(mask, tmp / "masks" / f"{image.stem}{mask.suffix}")
+        files.append(image.name)
+    (tmp / "classes.txt").write_text("\n".join(names) + "\n")
+    from defectscan.training.datasets import dataset_fingerprint, scan_dataset
+
+    fingerprint = dataset_fingerprint(scan_dataset(tmp, layout="images-masks"))
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    record = {
+        "created_at": created,
+        "base": str(base),
+        "fraction": fraction,
+        "files": files,
+        "sha256": [s[2] for s in chosen],
+        "n_defective": sum(_mask_has_defect(s[1]) for s in chosen),
+        "fingerprint": fingerprint,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(record, indent=1))
+    holdout_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, holdout_dir)
+    logger.info("chose a fixed holdout of %d images under %s", len(chosen), holdout_dir)
+    return ensure_holdout(holdout_dir, base=None)
+
+
+def build_training_set(
+    out: Path,
+    *,
+    session: Session,
+    holdout: Holdout,
+    base: Path | None,
+    archive: ImageArchive | None,
+) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """Write base-minus-holdout + reviewed inspections to ``out``; (stats, review ids used)."""
+    from defectscan.training.reviews import export_review_dataset
+
+    out = Path(out)
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "images").mkdir(parents=True)
+    (out / "masks").mkdir(parents=True)
+    names: tuple[str, ...] | None = None
+    n_base = 0
+    held = 0
+    if base is not None:
+        names, samples = _base_samples(base)
+        for image, mask, sha in samples:
+            if sha in holdout.sha256:
+                held += 1
+                continue
+            shutil.copyfile(image, out / "images" / f"base_{image.name}")
+            shutil.copyfile(mask, out / "masks" / f"base_{image.stem}{mask.suffix}")
+            n_base += 1
+    if names is None:
+        names = _holdout_classes(holdout)
+    export = export_review_dataset(
+        out / "_reviews", session=session, class_names=names, archive=archive
+    )
+    n_reviews = 0
+    in_holdout = []
+    for img in export.written:
+        sha = _sha_file(img)
+        if sha in holdout.sha256:
+            in_holdout.append(img.name)
+            continue
+        mask = export.root / "masks" / f"{img.stem}.png"
+        shutil.copyfile(img, out / "images" / f"review_{img.name}")
+        shutil.copyfile(mask, out / "masks" / f"review_{img.stem}.png")
+        n_reviews += 1
+    shutil.rmtree(out / "_reviews", ignore_errors=True)
+    (out / "classes.txt").write_text("\n".join(names) + "\n")
+    if n_base + n_reviews < 2:
+        msg = (
+            f"only {n_base + n_reviews} training image(s) outside the holdout: add a base "
+            "dataset (retrain_data) or more reviews"
+        )
+        raise DatasetError(msg)
+    stats = {
+        "n_base": n_base,
+        "n_base_in_holdout": held,
+        "n_reviews": n_reviews,
+        "n_reviews_skipped": len(export.skipped),
+        "reviews_skipped": {str(k): v for k, v in export.skipped.items()},
+        "reviews_in_holdout": in_holdout,
+        "class_names": list(names),
+        "holdout": holdout.stats(),
+        "base": str(base) if base else None,
+    }
+    return stats, export.review_ids
+
+
+def _holdout_classes(holdout: Holdout) -> tuple[str, ...]:
+    path = holdout.path / "classes.txt"
+    return tuple(x.strip() for x in path.read_text().splitlines() if x.strip())
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _side_by_side(
+    session: Session, candidate: str, champion: str | None, holdout: Path
+) -> dict[str, dict[str, float | None]]:
+    from defectscan.store.repository import get_model_version
+
+    key = str(holdout.resolve())
+
+    def scores(version: str | None) -> dict[str, Any]:
+        mv = get_model_version(version, session=session) if version else None
+        return dict(((mv.metrics or {}).get("holdout") or {}).get(key) or {}) if mv else {}
+
+    cand, champ = scores(candidate), scores(champion)
+    wanted = (
+        "mean_iou",
+        "mean_dice",
+        "pooled_iou",
+        "image_recall",
+        "false_reject_rate",
+        "pixel_auroc",
+    )
+    return {
+        m: {"candidate": cand.get(m), "champion": champ.get(m)}
+        for m in wanted
+        if m in cand or m in champ
+    }
+
+
+def run_retrain(
+    request: RetrainRequest,
+    *,
+    engine: Engine,
+    var_dir: Path,
+    archive: ImageArchive | None = None,
+    base: Path | None = None,
+    holdout_dir: Path | None = None,
+    device: str = "auto",
+) -> RetrainOutcome:
+    """Train a candidate on base + reviews, gate it on the fixed holdout, record everything."""
+    from defectscan.training.registry import evaluate_and_promote, register_checkpoint
+    from defectscan.training.train import TrainConfig, train
+
+    base = request.data or base
+    holdout_dir = holdout_dir or Path(var_dir) / "retrain" / "holdout"
+    sessions = session_factory(engine, write=True)
+    with retrain_lock(var_dir):
+        with sessions.begin() as session:
+            champ = get_champion(session=session, name=request.name)
+            champion_before = champ.version if champ else None
+            name = request.name or (champ.name if champ else "unet")
+            run = create_training_run(
+                session=session,
+                trigger=request.trigger,
+                requested_by=request.requested_by,
+                reason=request.reason,
+                params=request.params(),
+                status="running",
+            )
+            run_id = run.id
+        logger.info(
+            "retrain run %d (%s by %s: %s)",
+            run_id,
+            request.trigger,
+            request.requested_by,
+            request.reason,
+        )
+        outcome = RetrainOutcome(
+            training_run_id=run_id,
+            status="failed",
+            champion_before=champion_before,
+            metric=request.metric,
+            margin=request.margin,
+        )
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        try:
+            holdout = ensure_holdout(holdout_dir, base=base, fraction=request.holdout_fraction)
+            work = Path(var_dir) / "retrain" / f"run{run_id}"
+            with sessions() as session:
+                stats, review_ids = build_training_set(
+                    work / "data", session=session, holdout=holdout, base=base, archive=archive
+                )
+            outcome.dataset_stats = stats
+            timings["data"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            settings = {**DEFAULT_RECIPE, "device": device, **request.recipe}
+            settings.update(
+                data=work / "data",
+                out=Path(var_dir) / "models" / f"{name}-run{run_id}.safetensors",
+                name=name,
+                training_run=str(run_id),
+                resume=False,
+            )
+            result = train(TrainConfig(**settings), parent_version=champion_before)
+            timings["train"] = time.perf_counter() - t1
+            stats.update(n_train=result.n_train, n_val=result.n_val)
+            t2 = time.perf_counter()
+            with sessions.begin() as session:
+                mv = register_checkpoint(
+                    result.checkpoint_path,
+                    session=session,
+                    parent_version=champion_before,
+                    training_run_id=run_id,
+                    dataset_fingerprint=result.dataset_fingerprint,
+                )
+                outcome.candidate = mv.version
+                decision = evaluate_and_promote(
+                    mv.version,
+                    session=session,
+                    holdout=holdout.path,
+                    metric=request.metric,
+                    margin=request.margin,
+                )
+                outcome.side_by_side = _side_by_side(
+                    session, mv.version, champion_before, holdout.path
+                )
+            timings["evaluate"] = time.perf_counter() - t2
+            timings["total"] = time.perf_counter() - t0
+            outcome.promoted = decision.promoted
+            outcome.reason = decision.reason
+            outcome.champion_after = mv.version if decision.promoted else champion_before
+            outcome.timings_s = {k: round(v, 2) for k, v in timings.items()}
+            outcome.status = "succeeded"
+            with sessions.begin() as session:
+                stats["reviews_used"] = mark_reviews_used(list(review_ids), run_id, session=session)
+                finish_training_run(
+                    run_id,
+                    session=session,
+                    status="succeeded",
+                    metrics=_run_metrics(outcome, result.best_metrics),
+                    dataset_stats=stats,
+                )
+        except BaseException as exc:
+            outcome.error = f"{type(exc).__name__}: {exc}"
+            timings["total"] = time.perf_counter() - t0
+            outcome.timings_s = {k: round(v, 2) for k, v in timings.items()}
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            try:
+                with sessions.begin() as session:
+                    finish_training_run(
+                        run_id,
+                        session=session,
+                        status="cancelled" if interrupted else "failed",
+                        metrics=_run_metrics(outcome, None),
+                        dataset_stats=outcome.dataset_stats or None,
+                        error=outcome.error[:2000],
+                    )
+            except Exception:  # the original error matters more than the bookkeeping
+                logger.exception("could not record the failure of training run %d", run_id)
+            if interrupted or not isinstance(exc, Exception):
+                raise
+            logger.error("retrain run %d failed: %s", run_id, outcome.error)
+            msg = f"retrain run {run_id} failed: {outcome.error}"
+            raise RetrainError(msg, outcome=outcome) from exc
+    logger.info("retrain run %d: %s", run_id, outcome.reason)
+    return outcome
+
+
+def _run_metrics(outcome: RetrainOutcome, training: dict[str, float] | None) -> dict[str, Any]:
+    return {
+        "candidate": outcome.candidate,
+        "champion_before": outcome.champion_before,
+        "champion_after": outcome.champion_after,
+        "promoted": outcome.promoted,
+        "decision": outcome.reason,
+        "gate": {"metric": outcome.metric, "margin": outcome.margin},
+        "holdout": outcome.side_by_side,
+        "validation": training,
+        "timings_s": outcome.timings_s,
+    }
+
+
+def outcome_of_run(run: TrainingRun) -> RetrainOutcome:
+    """A finished training run's row read back as an outcome (the CLI waits on deployments)."""
+    m = run.metrics or {}
+    gate = m.get("gate") or {}
+    return RetrainOutcome(
+        training_run_id=run.id,
+        status="succeeded" if run.status == "succeeded" else "failed",
+        promoted=bool(m.get("promoted")),
+        candidate=m.get("candidate"),
+        champion_before=m.get("champion_before"),
+        champion_after=m.get("champion_after"),
+        metric=gate.get("metric", "mean_iou"),
+        margin=gate.get("margin", 0.01),
+        side_by_side=m.get("holdout") or {},
+        reason=m.get("decision") or "",
+        dataset_stats=run.dataset_stats or {},
+        timings_s=m.get("timings_s") or {},
+        error=run.error,
+    )
+
+
+def retrain_from_settings(
+    request: RetrainRequest, *, database_url: str | None = None
+) -> RetrainOutcome:
+    """:func:`run_retrain` with the database, archive, base dataset and recipe from the settings.
+
+    The database must be at the code's schema head (``defectscan db upgrade``).
+    """
+    from defectscan.archive import default_archive
+    from defectscan.config import get_settings
+    from defectscan.store.db import ensure_schema, make_engine
+
+    settings = get_settings()
+    if settings.retrain_recipe:
+        request = replace(request, recipe={**settings.retrain_recipe, **request.recipe})
+    engine = make_engine(database_url or settings.database_url)
+    try:
+        ensure_schema(engine)
+        return run_retrain(
+            request,
+            engine=engine,
+            var_dir=settings.var_dir,
+            archive=default_archive(),
+            base=request.data or settings.retrain_data,
+            device=settings.device,
+        )
+    finally:
+        engine.dispose()
+
+
+def find_run_of_flow(
+    flow_run_id: str, *, session: Session, recent: int = 200
+) -> TrainingRun | None:
+    """The training run a retrain flow run recorded (by the flow run id in its params)."""
+    from sqlalchemy import select
+
+    runs = session.scalars(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(recent)).all()
+    for run in runs:
+        if (run.params or {}).get("flow_run_id") == flow_run_id:
+            return run
+    return None
