@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +37,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if not getattr(config.option, "pytest_alembic_tests_path", None):
         config.option.pytest_alembic_tests_path = "tests/.pytest-alembic-builtins-disabled"
 
+
+# Tests never write into the checkout's var/ (engine cache, Prefect home, archive, databases):
+# everything a test does not place itself goes under a throwaway folder.
+os.environ.setdefault("DEFECTSCAN_VAR_DIR", tempfile.mkdtemp(prefix="defectscan-test-var-"))
 
 # CI must not be flaky: the same examples every run there (a local run explores new ones).
 hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)

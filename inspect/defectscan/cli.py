@@ -273,8 +273,13 @@ def demo_cmd(
         table.add_row(f"val IoU {name}", "-" if iou is None else f"{iou:.3f}")
     table.add_row(
         "inspected",
-        f"{summary.images} parts in {summary.inspect_seconds:.2f} s "
-        f"({summary.images / summary.inspect_seconds:.2f} parts/s)",
+        f"{summary.images} parts by the batch-inspection flow in {summary.inspect_seconds:.1f} s "
+        "(with Prefect's start-up)",
+    )
+    flow = summary.flow_result
+    table.add_row(
+        "stored",
+        f"{flow.get('inserted', 0)} new rows, {flow.get('duplicates', 0)} already stored",
     )
     table.add_row("verdicts", ", ".join(f"{n} {v}" for v, n in sorted(summary.verdicts.items())))
     table.add_row(

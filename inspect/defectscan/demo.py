@@ -1,28 +1,30 @@
 """The end-to-end demo behind ``make demo``: synthetic line -> trained UNet -> results in SQL.
 
 Everything runs on embedded defaults: a SQLite file under ``var/``, a camera folder of
-synthetic parts, CPU or GPU, no server to start. A second run reuses the trained model.
+synthetic parts, CPU or GPU, no server to start. The camera folder is inspected by the
+batch-inspection Prefect flow (on Prefect's ephemeral API), which stores a row per part and
+writes the HTML report. A second run reuses the trained model and stores nothing twice.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import func, select
+import yaml
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from defectscan import synth
-from defectscan.config import LineConfig
-from defectscan.pipeline import ImageRecord, InspectionResult, Inspector
-from defectscan.report import html_report, write_result_images
-from defectscan.service import inspect_and_store, register_model
 from defectscan.store.db import ensure_schema, make_engine, session_factory
 from defectscan.store.schema import Inspection, ModelVersion
-from defectscan.store.writer import ResultWriter
 
 __all__ = ["DemoSummary", "run_demo"]
 
@@ -46,6 +48,53 @@ class DemoSummary:
     database_url: str = ""
     rows_in_database: int = 0
     report_path: Path | None = None
+    flow_result: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def _settings(env: dict[str, str]) -> Iterator[None]:
+    """Run with these ``DEFECTSCAN_*`` settings, then restore the process's own."""
+    from defectscan.config import get_settings
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        get_settings.cache_clear()
+
+
+def _verdicts(
+    database_url: str, version: str, paths: list[Path], summary: DemoSummary
+) -> list[bool]:
+    """Whether each camera part failed, read back from the results database."""
+    engine = make_engine(database_url)
+    try:
+        with session_factory(engine)() as session:
+            rows = session.scalars(
+                select(Inspection)
+                .join(ModelVersion, Inspection.model_version_id == ModelVersion.id)
+                .where(ModelVersion.version == version)
+                .options(selectinload(Inspection.defects))
+            ).all()
+            by_uri = {r.uri: r for r in rows}
+            summary.rows_in_database = len(rows)
+            found = []
+            for p in paths:
+                row = by_uri.get(p.resolve().as_uri())
+                summary.verdicts[(row.verdict if row else None) or "rejected"] += 1
+                if row is not None:
+                    summary.defects_by_class.update(d.class_name for d in row.defects)
+                found.append(row is not None and row.verdict == "fail")
+            return found
+    finally:
+        engine.dispose()
 
 
 def run_demo(
@@ -112,60 +161,68 @@ def run_demo(
     ]
     say(f"camera dropped {images} parts into {camera}")
 
-    engine = make_engine(database_url)
-    ensure_schema(engine)
-    writer = ResultWriter(engine, batch_size=16)
-    # The demo line drops specks below a few pixels, as a real line's config would
-    # (DEFECTSCAN_CONFIG YAML, ``lines:``): a small, briefly trained model fragments thin
-    # defects, and a 3-pixel scratch fragment is noise, not a finding.
-    line = LineConfig(name="demo", min_area={"scratch": 20, "crack": 20, "spot": 12, "stain": 40})
-    inspector = Inspector.from_checkpoint(
-        model_path, backend="auto", device=device, batch_size=8, lines={"demo": line}
+    # The demo line, as a plant file declares one: it drops specks below a few pixels (a
+    # small, briefly trained model fragments thin defects, and a 3-pixel scratch fragment is
+    # noise, not a finding) and runs on the requested device.
+    plant = workdir / "plant.yaml"
+    plant.write_text(
+        yaml.safe_dump(
+            {
+                "lines": {
+                    "demo": {
+                        "name": "demo",
+                        "cameras": ["cam-1"],
+                        "min_area": {"scratch": 20, "crack": 20, "spot": 12, "stain": 40},
+                        "engine": {"device": device, "batch_size": 8},
+                    }
+                }
+            },
+            sort_keys=False,
+        )
     )
-    register_model(writer, inspector)
-    if not val_iou:
-        metrics = inspector.spec.metrics
-        val_iou = {c: metrics.get(f"iou/{c}") for c in inspector.spec.class_names}
+    engine = make_engine(database_url)
+    try:
+        ensure_schema(engine)
+    finally:
+        engine.dispose()
     out = workdir / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    say("inspecting the camera folder with the batch-inspection flow (Prefect, local)")
+    t0 = time.perf_counter()
+    with _settings({"DEFECTSCAN_CONFIG": str(plant), "DEFECTSCAN_DATABASE_URL": database_url}):
+        from flows.batch_inspection import batch_inspection
+
+        result = batch_inspection(
+            paths=[str(camera)],
+            model=str(model_path),
+            line="demo",
+            camera="cam-1",
+            report_dir=str(out),
+            title="defectscan demo",
+        )
+    inspect_s = time.perf_counter() - t0
+    version = str(result["model_version"])
+    if not val_iou:
+        from defectscan.model.checkpoint import load_checkpoint
+
+        spec = load_checkpoint(model_path).spec
+        val_iou = {c: spec.metrics.get(f"iou/{c}") for c in spec.class_names}
     summary = DemoSummary(
         workdir=workdir,
         model_path=model_path,
-        model_version=inspector.model_version,
+        model_version=version,
         trained=trained,
         train_seconds=train_s,
         val_iou=val_iou,
         images=images,
         database_url=database_url,
+        inspect_seconds=inspect_s,
+        report_path=Path(result["report"]) if result.get("report") else None,
+        flow_result=result,
     )
-    rows = []
-    found = []
-    t0 = time.perf_counter()
-    records = [ImageRecord.from_path(p, camera="cam-1", line="demo") for p in paths]
-
-    def keep(result: InspectionResult) -> tuple[str | None, str | None]:
-        stem = Path(result.record.id).stem
-        mask, over = write_result_images(result, out, stem, inspector.spec.class_names)
-        summary.verdicts[result.verdict or "rejected"] += 1
-        summary.defects_by_class.update(d.class_name for d in result.defects)
-        found.append(result.verdict == "fail")
-        rows.append({**result.to_dict(), "path": str(result.record.path), "overlay": str(over)})
-        return str(mask), str(over)
-
-    inspect_and_store(records, inspector=inspector, writer=writer, on_result=keep, keep_images=True)
-    summary.inspect_seconds = time.perf_counter() - t0
+    found = _verdicts(database_url, version, paths, summary)
     defective = [f for f, t in zip(found, truth, strict=True) if t]
     clean = [f for f, t in zip(found, truth, strict=True) if not t]
     summary.image_recall = sum(defective) / len(defective) if defective else 1.0
     summary.false_reject_rate = sum(clean) / len(clean) if clean else 0.0
-    with session_factory(engine)() as session:
-        summary.rows_in_database = (
-            session.scalar(
-                select(func.count(Inspection.id))
-                .join(ModelVersion, Inspection.model_version_id == ModelVersion.id)
-                .where(ModelVersion.version == inspector.model_version)
-            )
-            or 0
-        )
-    engine.dispose()
-    summary.report_path = html_report(rows, out / "report.html", title="defectscan demo")
     return summary

@@ -19,9 +19,12 @@ def test_demo_trains_inspects_stores_and_reuses_its_model(tmp_path: Path, sqlite
     assert set(first.val_iou) == {"scratch", "crack", "spot", "stain"}
     assert first.report_path is not None
     assert first.report_path.is_file()
-    assert len(list((tmp_path / "demo" / "out").glob("*.mask.png"))) == 3
+    # the batch-inspection flow wrote the report with an overlay per part
+    assert len(list((tmp_path / "demo" / "out" / "overlays").glob("*.png"))) == 3
+    assert first.flow_result["inserted"] == 3
     second = run_demo(tmp_path / "demo", database_url=sqlite_url, images=3, device="cpu")
     assert not second.trained
     assert second.model_version == first.model_version
     assert second.rows_in_database == 3  # the same parts again: no duplicate rows
+    assert second.flow_result["inserted"] == 0
     assert second.val_iou == first.val_iou
