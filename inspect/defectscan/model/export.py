@@ -502,6 +502,7 @@ def auto_cpu_backend(
                 f"class{i}" for i in range(_out_channels(model) - (activation == "softmax"))
             ),
             tile_size=tile,
+            tile_overlap=tile // 4,  # the default overlap may exceed a small probe tile
         )
     cache = engine_cache_dir() if checkpoint_sha256 else None
     choice_file = (

@@ -234,3 +234,12 @@ def test_export_from_a_checkpoint_file_via_the_cli(calib_dir: Path, tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert (out / "model.xml").is_file()
     assert "parity" in result.output
+
+
+def test_auto_without_a_spec_works_on_a_small_probe_tile() -> None:
+    """`defectscan health` probes the engine with one 32x32 tile and no spec."""
+    pytest.importorskip("openvino")
+    net, _ = oracle_unet(tile=64, overlap=16)
+    backend = auto_cpu_backend(net, "sigmoid", n_channels=1, tile=32)
+    probs = backend.infer(np.zeros((1, 1, 32, 32), np.float32))
+    assert probs.shape == (1, 1, 32, 32)
