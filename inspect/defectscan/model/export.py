@@ -503,6 +503,7 @@ def auto_cpu_backend(
             ),
             tile_size=tile,
             tile_overlap=tile // 4,  # the default overlap may exceed a small probe tile
+            channel_order="GRAY" if n_channels == 1 else "RGB",
         )
     cache = engine_cache_dir() if checkpoint_sha256 else None
     choice_file = (
