@@ -90,6 +90,9 @@ def _camera(folder: Path, n: int, size: int, start: int = 0) -> list[Path]:
     return synth.write_camera_folder(folder, n, seed=11 + start, height=size, width=size)
 
 
+BATCH = 32  # images per micro-batch, the monitor's default
+
+
 def _monitor(folder: Path, db: str, model: Path, backend: str, archive: Path, batch: int) -> Any:
     from defectscan.archive import ArchivePolicy, ImageArchive
     from defectscan.monitor import build_monitor, inspector_loader
@@ -113,7 +116,7 @@ def soak(work: Path, *, images: int, size: int, model: Path, backend: str) -> di
     folder = work / "soak-camera"
     _camera(folder, images, size)
     monitor = _monitor(
-        folder, f"sqlite:///{work / 'soak.db'}", model, backend, work / "archive", batch=8
+        folder, f"sqlite:///{work / 'soak.db'}", model, backend, work / "archive", batch=BATCH
     )
     samples: list[dict[str, float]] = []
     t0 = time.perf_counter()
@@ -164,7 +167,7 @@ def _inspect_path(files: Sequence[Path], db: str, model: Path, backend: str) -> 
 
 def _monitor_path(folder: Path, db: str, model: Path, backend: str, work: Path) -> float:
     n = len([p for p in folder.iterdir() if p.is_file()])
-    monitor = _monitor(folder, db, model, backend, work / "archive-cmp", batch=8)
+    monitor = _monitor(folder, db, model, backend, work / "archive-cmp", batch=BATCH)
     t0 = time.perf_counter()
     summary = monitor.run(max_images=n)
     elapsed = time.perf_counter() - t0
@@ -188,9 +191,9 @@ def _prefect_path(folder: Path, db: str, model: Path, backend: str) -> float:
     get_settings.cache_clear()
     try:
         params = {"source": f"folder:{folder}", "model": str(model), "line": "soak"}
-        monitor_for(params["source"], model=str(model), line="soak", camera=None, batch_size=8)
+        monitor_for(params["source"], model=str(model), line="soak", camera=None, batch_size=BATCH)
         t0 = time.perf_counter()
-        summary = line_monitor(**params, batch_size=8, max_images=n)
+        summary = line_monitor(**params, batch_size=BATCH, max_images=n)
         elapsed = time.perf_counter() - t0
     finally:
         close_monitors()

@@ -75,7 +75,7 @@ def line_monitor(
     model: str = "champion",
     line: str | None = None,
     camera: str | None = None,
-    batch_size: int = 8,
+    batch_size: int = 32,
     max_images: int | None = 2000,
     max_seconds: float | None = 600.0,
     idle_exit: float | None = None,

@@ -62,9 +62,12 @@ def monitor_cmd(
     line: Annotated[str | None, typer.Option(help="Production line name.")] = None,
     camera: Annotated[str | None, typer.Option(help="Camera name stored with results.")] = None,
     batch_size: Annotated[
-        int | None,
-        typer.Option(min=1, help="Images per micro-batch (default DEFECTSCAN_BATCH_SIZE)."),
-    ] = None,
+        int,
+        typer.Option(
+            min=1,
+            help="Most images per micro-batch (a claim returns what is there, up to this).",
+        ),
+    ] = 32,
     max_images: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many images in all.")
     ] = None,
@@ -101,7 +104,7 @@ def monitor_cmd(
 
     settings = get_settings()
     chosen_model = model or str(settings.model_for(line))
-    batch = batch_size or settings.batch_size
+    batch = batch_size
     port = settings.metrics_port if metrics_port is None else metrics_port
     metrics = None
     if port:
