@@ -21,7 +21,6 @@ Inputs:
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import logging
 import re
@@ -39,6 +38,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from defectscan.archive import ArchiveError, ImageArchive
 from defectscan.errors import DefectscanError
+from defectscan.inputs import IMAGE_SUFFIXES, InputPathError, expand_inputs
 from defectscan.pipeline import InspectionResult, Inspector
 from defectscan.service import BatchOutcome, inspect_and_store, register_model
 from defectscan.sources.base import ImageRecord
@@ -63,7 +63,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 _THUMB = 320
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -268,35 +267,10 @@ class BatchReport:
 
 
 def _expand(patterns: Sequence[str]) -> list[Path]:
-    out: list[Path] = []
-    seen: set[Path] = set()
-
-    def add(p: Path) -> None:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-
-    for pattern in patterns:
-        p = Path(pattern)
-        if p.is_dir():
-            for child in sorted(p.iterdir()):
-                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES:
-                    add(child)
-        elif p.is_file():
-            add(p)
-        elif glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern, recursive=True))
-            if not matches:
-                msg = f"no files match {pattern!r}"
-                raise BatchInputError(msg)
-            for m in matches:
-                if Path(m).is_file():
-                    add(Path(m))
-        else:
-            msg = f"{pattern}: no such file or folder"
-            raise BatchInputError(msg)
-    return out
+    try:
+        return expand_inputs(patterns)
+    except InputPathError as exc:
+        raise BatchInputError(str(exc)) from None
 
 
 def _file_of(uri: str) -> Path | None:

@@ -6,7 +6,6 @@ still inspected), 1 for usage errors (bad options, missing files, unreadable mod
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import sys
@@ -24,7 +23,6 @@ from defectscan.errors import DefectscanError
 
 __all__ = ["app", "main"]
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
 app = typer.Typer(
     name="defectscan",
@@ -69,35 +67,13 @@ def _root(
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
     """Files as given, image files inside folders (sorted), and glob patterns, de-duplicated."""
-    out: list[Path] = []
-    seen: set[Path] = set()
+    from defectscan.inputs import InputPathError
+    from defectscan.inputs import expand_inputs as expand
 
-    def add(p: Path) -> None:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-
-    for pattern in patterns:
-        p = Path(pattern)
-        if p.is_dir():
-            for child in sorted(p.iterdir()):
-                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES:
-                    add(child)
-        elif p.is_file():
-            add(p)
-        elif glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern, recursive=True))
-            if not matches:
-                msg = f"no files match {pattern!r}"
-                raise CliUsageError(msg)
-            for m in matches:
-                if Path(m).is_file():
-                    add(Path(m))
-        else:
-            msg = f"{pattern}: no such file or folder"
-            raise CliUsageError(msg)
-    return out
+    try:
+        return expand(patterns)
+    except InputPathError as exc:
+        raise CliUsageError(str(exc)) from None
 
 
 def _output_names(paths: list[Path]) -> dict[Path, str]:
