@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from defectscan.errors import DefectscanError
 from defectscan.pipeline import InspectionResult, Inspector
@@ -37,7 +37,6 @@ __all__ = [
     "BatchOutcome",
     "MetricsSink",
     "ResultHook",
-    "describe",
     "inspect_and_store",
     "register_model",
 ]
@@ -273,18 +272,3 @@ def _archive(archive: ImageArchive, result: InspectionResult, outcome: BatchOutc
         return
     archive.put(data, result.sha256)
     outcome.archived[reason] += 1
-
-
-def describe(outcome: BatchOutcome) -> dict[str, Any]:
-    """A JSON-safe summary of an outcome (flows return it, the CLI prints it)."""
-    return {
-        "inspected": outcome.inspected,
-        "rejected": outcome.rejected,
-        "failed_parts": outcome.failed_parts,
-        "tiles": outcome.tiles,
-        "inserted": outcome.inserted,
-        "duplicates": outcome.duplicates,
-        "archived": dict(outcome.archived),
-        "rejected_by_reason": dict(outcome.rejected_by_reason),
-        "seconds": round(outcome.seconds, 3),
-    }

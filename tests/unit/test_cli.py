@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -11,24 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from defectscan.cli import main
 from defectscan.model.checkpoint import save_checkpoint
+from helpers.cli import run_cli
 from helpers.images import encode, gray_frame
 from helpers.oracle import oracle_unet
 from helpers.seed_reference import SeedUNet
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["defectscan", *args]
-    try:
-        with pytest.raises(SystemExit) as exc:
-            main()
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 @pytest.fixture

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import pytest
 
-from defectscan.cli import main
 from defectscan.config import (
     ConfigIssue,
     ModelRef,
@@ -22,6 +20,7 @@ from defectscan.config import (
     parse_source,
 )
 from defectscan.errors import ConfigError
+from helpers.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "docker" / "plant.example.yaml"
@@ -233,33 +232,20 @@ def test_sources_models_and_masking_helpers() -> None:
     assert mask_url("sqlite:///var/x.db") == "sqlite:///var/x.db"
 
 
-def _run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["defectscan", *args]
-    try:
-        with pytest.raises(SystemExit) as exc:
-            main()
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 1), out, err
-
-
 def test_cli_config_check_and_show(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    code, out, _ = _run_cli(["config", "check", str(EXAMPLE)], capsys)
+    code, out, _ = run_cli(["config", "check", str(EXAMPLE)], capsys)
     assert code == 0
     assert out.strip().endswith(": ok")
     bad = _write(tmp_path, "lines:\n  l1:\n    engine: {device: gpu}\n")
-    code, out, err = _run_cli(["config", "check", str(bad)], capsys)
+    code, out, err = run_cli(["config", "check", str(bad)], capsys)
     assert code == 1
     assert f"{bad}:3: lines.l1.engine.device: device 'gpu'" in out
     assert "1 error(s)" in err
 
     monkeypatch.setenv("DEFECTSCAN_DATABASE_URL", "postgresql+psycopg://app:s3cret@db/defects")
-    code, out, _ = _run_cli(["config", "show", "--json", "--config", str(EXAMPLE)], capsys)
+    code, out, _ = run_cli(["config", "show", "--json", "--config", str(EXAMPLE)], capsys)
     assert code == 0
     shown = json.loads(out)
     assert shown["database_url"] == "postgresql+psycopg://app:***@db/defects"
@@ -286,11 +272,11 @@ def test_inspect_defaults_come_from_settings(
     monkeypatch.setenv("DEFECTSCAN_BATCH_SIZE", "3")
     image = tmp_path / "a.png"
     image.write_bytes(b"x")
-    code, _, err = _run_cli(["inspect", str(image), "--model", str(tmp_path / "m.pth")], capsys)
+    code, _, err = run_cli(["inspect", str(image), "--model", str(tmp_path / "m.pth")], capsys)
     assert code == 1
     assert "stop here" in err
     assert (seen["device"], seen["precision"], seen["batch_size"]) == ("cpu", "fp32", 3)
-    code, _, _ = _run_cli(
+    code, _, _ = run_cli(
         ["inspect", str(image), "--model", "m.pth", "--device", "auto", "--batch-size", "5"],
         capsys,
     )

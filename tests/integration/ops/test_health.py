@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -13,7 +12,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from defectscan.cli import main
 from defectscan.config import ModelRef, ResolvedEngine, Settings, get_settings
 from defectscan.health import (
     check_archive,
@@ -24,6 +22,7 @@ from defectscan.health import (
     run_checks,
 )
 from defectscan.model.checkpoint import save_checkpoint
+from helpers.cli import run_cli
 from helpers.oracle import oracle_unet
 
 pytestmark = pytest.mark.integration
@@ -232,19 +231,6 @@ def test_run_checks_selects_what_is_configured(
     assert names == ["database", "archive"]
 
 
-def _run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["defectscan", *args]
-    try:
-        with pytest.raises(SystemExit) as exc:
-            main()
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 1), out, err
-
-
 def test_cli_health_up_then_down(
     migrated_pg: str,
     redis_url: str,
@@ -263,7 +249,7 @@ def test_cli_health_up_then_down(
     monkeypatch.setenv("DEFECTSCAN_REDIS_URL", redis_url)
     monkeypatch.setenv("PREFECT_API_URL", prefect_api)
     get_settings.cache_clear()
-    code, out, _ = _run_cli(["health", "--config", str(plant)], capsys)
+    code, out, _ = run_cli(["health", "--config", str(plant)], capsys)
     assert code == 0, out
     lines = out.strip().splitlines()
     assert [ln.split()[:2] for ln in lines] == [
@@ -276,7 +262,7 @@ def test_cli_health_up_then_down(
 
     monkeypatch.setenv("DEFECTSCAN_REDIS_URL", f"redis://127.0.0.1:{_closed_port()}/0")
     monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{_closed_port()}/api")
-    code, out, _ = _run_cli(["health", "--config", str(plant), "--timeout", "2", "--json"], capsys)
+    code, out, _ = run_cli(["health", "--config", str(plant), "--timeout", "2", "--json"], capsys)
     assert code == 1
     doc = json.loads(out)
     assert doc["ok"] is False
@@ -284,7 +270,7 @@ def test_cli_health_up_then_down(
     assert set(failed) == {"redis", "prefect"}
     assert all("\n" not in detail for detail in failed.values())
 
-    code, out, _ = _run_cli(
+    code, out, _ = run_cli(
         ["health", "--check", "database", "--check", "archive", "--config", str(plant)], capsys
     )
     assert code == 0

@@ -7,31 +7,17 @@ of the masks `defectscan inspect --out` writes (pixel value = class index) on th
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import pytest
 import torch
 
-from defectscan.cli import main
 from defectscan.model.checkpoint import load_checkpoint
 from defectscan.synth import write_dataset
 from defectscan.training import TrainConfig, TrainProgress, state_path, train
 from defectscan.training.train import TrainingInterrupted
-
-
-def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    old = sys.argv
-    sys.argv = ["defectscan", *args]
-    try:
-        with pytest.raises(SystemExit) as exc:
-            main()
-    finally:
-        sys.argv = old
-    out, _ = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 1), out
+from helpers.cli import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +138,8 @@ def test_ctrl_c_writes_the_best_checkpoint_so_far(tmp_path: Path) -> None:
     assert shared
     for k in shared:
         assert torch.equal(weights[k], best[k].float()), k
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code, out, _ = run_cli(args, capsys)
+    return code, out
