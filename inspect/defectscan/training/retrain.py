@@ -477,6 +477,11 @@ def run_retrain(
                 status="running",
             )
             run_id = run.id
+            # Each retrain is its own draw unless the recipe pins a seed: with a fixed seed, a
+            # run whose new reviews all fall in the validation split trains the very same
+            # weights as the last one. The seed used is kept with the run's parameters.
+            seed = int(request.recipe.get("seed", run_id))
+            run.params = {**(run.params or {}), "seed": seed}
         logger.info(
             "retrain run %d (%s by %s: %s)",
             run_id,
@@ -510,6 +515,7 @@ def run_retrain(
                 name=name,
                 training_run=str(run_id),
                 resume=False,
+                seed=seed,
             )
             result = train(TrainConfig(**settings), parent_version=champion_before)
             timings["train"] = time.perf_counter() - t1
@@ -524,6 +530,13 @@ def run_retrain(
                     dataset_fingerprint=result.dataset_fingerprint,
                 )
                 outcome.candidate = mv.version
+                if mv.training_run_id not in (None, run_id):
+                    logger.warning(
+                        "retrain run %d trained the same weights as %s (training run %s)",
+                        run_id,
+                        mv.version,
+                        mv.training_run_id,
+                    )
                 decision = evaluate_and_promote(
                     mv.version,
                     session=session,
