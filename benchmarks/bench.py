@@ -50,7 +50,8 @@ decode, tile, infer, stitch, post-process) and a :class:`~defectscan.store.write
 backends. Every round uses a new model version, so every row is really inserted (checked).
 Interleaved with each round, the same backend object is timed alone on batches of tiles;
 ``ratio`` = pipeline tiles/s / engine-alone tiles/s (target: >= 1.0, or close: host work
-should overlap inference). A round is one pass over all images; rounds repeat until
+should overlap inference). ``vs_seed_naive`` = pipeline tiles/s / the seed's own loop (batch 1,
+eager fp32) on the same architecture and tiles, timed in the same rounds. A round is one pass over all images; rounds repeat until
 ``--seconds`` per backend is spent, at most ``--rounds``.
 
 ``store``: ``benchmarks/bench_store.py``'s ``run()``: inspections (5 defects each) per second,
@@ -784,6 +785,7 @@ def _empty_pipeline_row(name: str, backend: str, cfg: BenchConfig) -> dict[str, 
         "ratio": None,
         "vs_openvino_model_only": None,
         "vs_seed_naive": None,
+        "seed_naive_tiles_per_s": _stats([]),
         "latency_ms": {"p50": None, "p95": None},
         "stage_ms": {},
         "error": None,
@@ -922,10 +924,17 @@ def run_pipeline(
             backend.infer(tiles)  # warm-up outside the timed rounds
             runs.append(_PipelineRun(f"pipeline-{backend_name}", backend_name, backend, url))
         budget = cfg.seconds / cfg.rounds
+        # The seed's own loop on the same architecture, timed in the same rounds: the
+        # end-to-end rows are compared with it (issue 10: >= 2.5x on CPU).
+        torch.manual_seed(100)
+        naive = _seed_naive(build_model(spec).eval(), cfg.device)
+        naive_rates: list[float] = []
         for r in range(cfg.rounds):
             active = [run for run in runs if r == 0 or run.seconds < cfg.seconds]
             if not active:
                 break
+            log(f"pipeline: round {r + 1} seed-naive")
+            naive_rates.append(_timed_round(naive.infer, naive.sync, tiles, budget)[0])
             for run in active:
                 log(f"pipeline: round {r + 1} {run.name}")
                 rate, _ = _timed_round(
@@ -958,6 +967,12 @@ def run_pipeline(
                     "vs_openvino_model_only": (
                         round(statistics.median(run.tile_rates) / ov_alone, 3) if ov_alone else None
                     ),
+                    "vs_seed_naive": (
+                        round(statistics.median(run.tile_rates) / statistics.median(naive_rates), 3)
+                        if naive_rates
+                        else None
+                    ),
+                    "seed_naive_tiles_per_s": _stats(naive_rates),
                     "latency_ms": {"p50": _percentile(totals, 50), "p95": _percentile(totals, 95)},
                     "stage_ms": {
                         stage: round(statistics.mean(values), 2)
@@ -1268,6 +1283,7 @@ def _print_tables(payload: dict[str, Any]) -> None:
             "engine alone",
             "ratio",
             "vs OV alone",
+            "vs seed loop",
             "p50|p95 ms",
             "rows",
             "ms/img decode|infer|post|total",
@@ -1276,7 +1292,7 @@ def _print_tables(payload: dict[str, Any]) -> None:
         for r in payload["pipeline"]:
             if r.get("error"):
                 table.add_row(
-                    r["name"], "-", "-", "[red]skipped[/]", "", "", "", "", "", "", r["error"]
+                    r["name"], "-", "-", "[red]skipped[/]", "", "", "", "", "", "", "", r["error"]
                 )
                 continue
             stages = r["stage_ms"]
@@ -1289,6 +1305,7 @@ def _print_tables(payload: dict[str, Any]) -> None:
                 _fmt(r["engine_tiles_per_s"]["median"]),
                 f"{r['ratio']:.2f}",
                 _fmt(r.get("vs_openvino_model_only")),
+                _fmt(r.get("vs_seed_naive")),
                 f"{_fmt(r['latency_ms']['p50'], 0)}|{_fmt(r['latency_ms']['p95'], 0)}",
                 str(r["rows_written"]),
                 " | ".join(_fmt(stages.get(k), 0) for k in ("decode", "infer", "post", "total")),

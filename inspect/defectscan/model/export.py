@@ -551,7 +551,13 @@ def auto_cpu_backend(
             choice_file.parent.mkdir(parents=True, exist_ok=True)
             choice_file.write_text(
                 json.dumps(
-                    {"engine": best, "tiles_per_s": rates, "cpu": _cpu_model(), "at": _now()},
+                    {
+                        "engine": best,
+                        "tiles_per_s": rates,
+                        "cpu": _cpu_model(),
+                        "format": _CHOICE_FORMAT,
+                        "at": _now(),
+                    },
                     indent=2,
                 )
             )
@@ -622,6 +628,11 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# Raised when the engines' speed changes (2: OpenVINO runs a batch on every stream): choices
+# timed by an older defectscan are timed again.
+_CHOICE_FORMAT = 2
+
+
 def _remembered_choice(path: Path | None) -> str | None:
     """The engine chosen earlier for this checkpoint on this CPU model, if any."""
     if path is None or not path.is_file():
@@ -630,7 +641,7 @@ def _remembered_choice(path: Path | None) -> str | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if data.get("cpu") != _cpu_model():
+    if data.get("cpu") != _cpu_model() or data.get("format") != _CHOICE_FORMAT:
         return None
     engine = data.get("engine")
     return engine if isinstance(engine, str) else None
