@@ -50,9 +50,10 @@ decode, tile, infer, stitch, post-process) and a :class:`~defectscan.store.write
 backends. Every round uses a new model version, so every row is really inserted (checked).
 Interleaved with each round, the same backend object is timed alone on batches of tiles;
 ``ratio`` = pipeline tiles/s / engine-alone tiles/s (target: >= 1.0, or close: host work
-should overlap inference). ``vs_seed_naive`` = pipeline tiles/s / the seed's own loop (batch 1,
-eager fp32) on the same architecture and tiles, timed in the same rounds. A round is one pass over all images; rounds repeat until
-``--seconds`` per backend is spent, at most ``--rounds``.
+should overlap inference). ``vs_seed_naive`` = pipeline tiles/s / the seed's own loop (batch
+1, eager fp32) on the same architecture and tiles, timed in the same rounds. A round is one
+pass over all images; rounds repeat until ``--seconds`` per backend is spent, at most
+``--rounds``.
 
 ``store``: ``benchmarks/bench_store.py``'s ``run()``: inspections (5 defects each) per second,
 batched vs row by row, SQLite and PostgreSQL (skipped with a note when unreachable).

@@ -16,13 +16,16 @@ pipeline back instead of letting it read the whole input ahead.
 Frames larger than ``stream_pixels`` are never held as full-frame float arrays: tiles are
 cut and normalised on demand from the decoded pixels, probabilities are stitched in bands of
 rows, each band is thresholded as it is finished and spilled to an unlinked temporary file,
-and post-processing reads back only the region where some class fired. A 16k x 16k frame is
-inspected in about the memory of its decoded pixels and its uint8 class map.
+and post-processing reads back only the region where some class fired; a region too large to
+hold as floats (over ``CLUSTER_BYTES``: a model firing over most of the frame) is
+post-processed band by band instead (:func:`~defectscan.postprocess.postprocess_bands`). A
+16k x 16k frame is inspected in about the memory of its decoded pixels and two uint8 frames.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -51,6 +54,7 @@ from defectscan.postprocess import (
     Postprocessed,
     class_masks,
     postprocess,
+    postprocess_bands,
 )
 from defectscan.sources.base import ImageRecord
 from defectscan.store.records import DefectRecord, InspectionRecord
@@ -68,6 +72,8 @@ __all__ = ["DEFAULT_STREAM_PIXELS", "ImageRecord", "InspectionResult", "Inspecto
 
 #: Frames with more pixels than this are tiled on demand and stitched band by band.
 DEFAULT_STREAM_PIXELS = 24_000_000
+#: A large frame's region whose probabilities exceed this is post-processed band by band.
+CLUSTER_BYTES = 256 << 20
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +269,10 @@ class _BandPost:
             crop[:, a - y0 : b - y0] = rows.reshape(b - a, k, w)[:, :, x0:x1].transpose(1, 0, 2)
         return crop
 
+    def _read_rows(self, a: int, b: int, *, y0: int, x0: int, x1: int) -> np.ndarray:
+        """Rows ``[a, b)`` of the region that starts at row ``y0``, columns ``[x0, x1)``."""
+        return self._read(y0 + a, y0 + b, x0, x1)
+
     def clusters(self) -> list[tuple[int, int, int, int]]:
         """``(y0, y1, x0, x1)`` of each independent region, margin included."""
         h, w = self.grid.height, self.grid.width
@@ -294,8 +304,17 @@ class _BandPost:
         verdict: Literal["pass", "fail"] = "pass"
         try:
             for y0, y1, x0, x1 in self.clusters():
-                post = postprocess(self._read(y0, y1, x0, x1), self.cfg)
-                class_map[y0:y1, x0:x1] = post.class_map
+                if self.channels * (y1 - y0) * (x1 - x0) * 4 > CLUSTER_BYTES:
+                    # A region too large to hold as floats (a model firing over most of the
+                    # frame): band by band, into the class map directly.
+                    post = postprocess_bands(
+                        functools.partial(self._read_rows, y0=y0, x0=x0, x1=x1),
+                        self.cfg,
+                        class_map[y0:y1, x0:x1],
+                    )
+                else:
+                    post = postprocess(self._read(y0, y1, x0, x1), self.cfg)
+                    class_map[y0:y1, x0:x1] = post.class_map
                 if post.verdict == "fail":
                     verdict = "fail"
                 defects += [

@@ -18,6 +18,7 @@ from defectscan.postprocess import (
     PostprocessConfig,
     class_masks,
     postprocess,
+    postprocess_bands,
 )
 
 H, W = 64, 96
@@ -35,8 +36,8 @@ def _softmax_cfg(**kw: object) -> PostprocessConfig:
     )
 
 
-def _disc(cx: int, cy: int, r: int) -> np.ndarray:
-    m = np.zeros((H, W), np.uint8)
+def _disc(cx: int, cy: int, r: int, shape: tuple[int, int] = (H, W)) -> np.ndarray:
+    m = np.zeros(shape, np.uint8)
     cv2.circle(m, (cx, cy), r, 1, thickness=-1)
     return m.astype(bool)
 
@@ -297,6 +298,83 @@ def test_each_contour_belongs_to_its_own_component() -> None:
     assert np.hypot(*(np.array(r.polygon) - 70).T).min() >= 9  # outer contour only
     assert by_bbox[(5, 50, 2, 2)].area == 2
     assert all(_inside_bbox(d) for d in post.defects)
+
+
+def _noise_probs(channels: int, seed: int, softmax: bool) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    white = rng.standard_normal((channels, 150, 170)).astype(np.float32)
+    noise = np.stack([cv2.GaussianBlur(ch, (0, 0), 1.5) for ch in white])
+    if softmax:
+        e = np.exp(6.0 * noise)
+        return (e / e.sum(0, keepdims=True)).astype(np.float32)
+    probs = 1.0 / (1.0 + np.exp(-8.0 * noise))
+    for ys, xs in ((slice(15, 125), slice(5, 38)), (slice(0, 150), slice(76, 87))):
+        probs[0, ys, xs] = 0.1  # clear ground around the shapes below
+    probs[0, 56:96, 112:150] = 0.1
+    # One component across the whole height (every band), a U whose arms meet in the last band
+    # only, and a ring: joins across bands must make each of them one defect.
+    probs[0, 2:148, 80:83] = 0.95
+    probs[0, 20:120, 10:13] = 0.95
+    probs[0, 20:120, 30:33] = 0.95
+    probs[0, 117:120, 10:33] = 0.95
+    ring = _disc(130, 75, 14, shape=(150, 170)) & ~_disc(130, 75, 7, shape=(150, 170))
+    probs[0][ring] = 0.95
+    return probs.astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("activation", "min_area", "morph", "band_rows"),
+    [
+        ("sigmoid", 0, 0, 7),
+        ("sigmoid", 6, 0, 16),
+        ("sigmoid", 6, 3, 32),
+        ("softmax", 0, 0, 5),
+        ("softmax", 4, 3, 64),
+    ],
+)
+def test_banded_postprocessing_equals_the_whole_region(
+    activation: str, min_area: int, morph: int, band_rows: int
+) -> None:
+    if activation == "sigmoid":
+        probs = _noise_probs(2, 5, softmax=False)
+        cfg = _sigmoid_cfg(
+            thresholds=(0.7, 0.75), min_area=(min_area, min_area), morph_kernel=morph
+        )
+    else:
+        probs = _noise_probs(4, 6, softmax=True)
+        cfg = _softmax_cfg(min_confidence=0.4, min_area=(min_area,) * 3, morph_kernel=morph)
+    whole = postprocess(probs, cfg)
+    class_map = np.zeros(probs.shape[1:], np.uint8)
+    reads: list[tuple[int, int]] = []
+
+    def read(a: int, b: int) -> np.ndarray:
+        reads.append((a, b))
+        assert b - a <= band_rows  # never more than a band at a time
+        return probs[:, a:b]
+
+    banded = postprocess_bands(read, cfg, class_map, band_rows=band_rows)
+    assert banded.class_map is class_map
+    np.testing.assert_array_equal(class_map, whole.class_map)
+    assert banded.verdict == whole.verdict
+    assert len(banded.defects) == len(whole.defects) > 20
+
+    def exact(d: Defect) -> Defect:
+        return dataclasses.replace(d, centroid=(0.0, 0.0), mean_score=0.0)
+
+    assert [exact(d) for d in banded.defects] == [exact(d) for d in whole.defects]
+    np.testing.assert_allclose(
+        [(*d.centroid, d.mean_score) for d in banded.defects],
+        [(*d.centroid, d.mean_score) for d in whole.defects],
+        rtol=1e-6,
+    )
+    if activation == "sigmoid":
+        # the tall bar, the U and the ring are single defects spanning bands
+        spans = [
+            d
+            for d in banded.defects
+            if d.bbox[1] // band_rows != (d.bbox[1] + d.bbox[3] - 1) // band_rows
+        ]
+        assert {(d.bbox[0], d.bbox[1]) for d in spans} >= {(80, 2), (10, 20), (116, 61)}
 
 
 @pytest.mark.parametrize("min_area", [0, 6])
