@@ -236,11 +236,15 @@ def calibrate(
     target_false_reject_rate: float = 0.02,
     areas: Sequence[int] = AREA_CANDIDATES,
 ) -> Calibration:
-    """Thresholds / minimum confidence and minimum area meeting the false-reject target.
+    """Thresholds / minimum confidence and minimum areas meeting the false-reject target.
 
-    One threshold (sigmoid) or minimum confidence (softmax) and one minimum area are chosen for
-    all classes. Without defect-free frames the false-reject rate cannot be measured: the
-    thresholds then maximise pixel F1 and the minimum area stays 0.
+    First one threshold (sigmoid) or minimum confidence (softmax) and one minimum area for all
+    classes, on a grid; then, with several classes, each class's own threshold (sigmoid) and
+    minimum area are refined in turn while the others stay put (coordinate ascent): classes
+    differ in size and in how sure the model is of them. A setting meeting the target beats one
+    that does not; among those, higher image recall, then pooled pixel IoU, then smaller areas.
+    Without defect-free frames the false-reject rate cannot be measured: the thresholds then
+    maximise pooled pixel IoU and the minimum area stays 0.
     """
     k = len(spec.class_names)
     sigmoid = spec.activation == "sigmoid"
@@ -296,14 +300,34 @@ def calibrate(
     ]
 
     def decision(j: int, a: int, *, met: bool, note: str = "") -> Calibration:
-        level = float(levels[j])
+        js, aas = np.full(k, j), np.full(k, a)
+        if k > 1 and n_good and n_def:
+            js, aas = _refine_per_class(
+                largest,
+                tp,
+                fp,
+                fn,
+                defective,
+                area_arr,
+                js,
+                aas,
+                target_false_reject_rate,
+                per_class_levels=sigmoid,
+            )
+        fails = _fails(largest, js, area_arr[aas])
+        frr_ = float(fails[~defective].mean()) if n_good else None
+        recall_ = float(fails[defective].mean()) if n_def else None
+        if not met and frr_ is not None and recall_ is not None:
+            # per-class settings reached the target that one shared setting could not
+            met = frr_ <= target_false_reject_rate + 1e-12
+            note = "" if met else note
         return Calibration(
-            thresholds=(level,) * k if sigmoid else tuple(spec.thresholds),
-            min_confidence=0.0 if sigmoid else level,
-            min_area=(int(area_arr[a]),) * k,
+            thresholds=tuple(float(levels[x]) for x in js) if sigmoid else tuple(spec.thresholds),
+            min_confidence=0.0 if sigmoid else float(levels[j]),
+            min_area=tuple(int(area_arr[x]) for x in aas),
             target_false_reject_rate=target_false_reject_rate,
-            false_reject_rate=float(frr[j, a]) if n_good else None,
-            image_recall=float(recall[j, a]) if n_def else None,
+            false_reject_rate=frr_,
+            image_recall=recall_,
             met=met,
             n_good=n_good,
             n_defective=n_def,
@@ -332,6 +356,59 @@ def calibrate(
         met=False,
         note=f"no setting reaches false-reject rate {target_false_reject_rate}: lowest chosen",
     )
+
+
+def _fails(largest: np.ndarray, js: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """Frames failed when class ``c`` uses level ``js[c]`` and minimum area ``areas[c]``."""
+    k = largest.shape[2]
+    sizes = largest[:, js, np.arange(k)]  # [n, k]
+    return (sizes >= np.maximum(areas, 1)[None, :]).any(1)
+
+
+def _refine_per_class(
+    largest: np.ndarray,
+    tp: np.ndarray,
+    fp: np.ndarray,
+    fn: np.ndarray,
+    defective: np.ndarray,
+    area_arr: np.ndarray,
+    js: np.ndarray,
+    aas: np.ndarray,
+    target: float,
+    *,
+    per_class_levels: bool,
+    rounds: int = 3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinate ascent over each class's (level, area) from a shared starting point."""
+    k = largest.shape[2]
+    classes = np.arange(k)
+
+    def score(js_: np.ndarray, aas_: np.ndarray) -> tuple[float, ...]:
+        fails = _fails(largest, js_, area_arr[aas_])
+        frr = float(fails[~defective].mean())
+        recall = float(fails[defective].mean())
+        inter = tp[js_, classes].sum()
+        union = inter + fp[js_, classes].sum() + fn[js_, classes].sum()
+        iou = float(inter / union) if union > 0 else 0.0
+        if frr <= target + 1e-12:
+            return (1.0, recall, iou, -float(area_arr[aas_].sum()))
+        return (0.0, -frr, recall, iou)
+
+    best = score(js, aas)
+    levels = range(largest.shape[1]) if per_class_levels else None
+    for _ in range(rounds):
+        improved = False
+        for c in range(k):
+            for j in levels if levels is not None else (js[c],):
+                for a in range(len(area_arr)):
+                    trial_j, trial_a = js.copy(), aas.copy()
+                    trial_j[c], trial_a[c] = j, a
+                    got = score(trial_j, trial_a)
+                    if got > best:
+                        best, js, aas, improved = got, trial_j, trial_a, True
+        if not improved:
+            break
+    return js, aas
 
 
 def evaluate_dataset(

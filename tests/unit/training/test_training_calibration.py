@@ -90,3 +90,43 @@ def test_when_good_parts_look_defective_the_target_costs_recall_and_says_so() ->
     assert cal.false_reject_rate <= 0.02
     assert cal.image_recall is not None
     assert cal.image_recall < 0.5
+
+
+def test_each_class_gets_its_own_threshold_and_minimum_area() -> None:
+    # Good frames carry 10-pixel specks of "scratch" at 0.7; defects are either a 64-pixel
+    # scratch at 0.95 or a 3-pixel "dent" at 0.6. One shared threshold and area cannot keep the
+    # dents without failing the specks; a threshold above 0.7 for scratches and a low one with
+    # a small area for dents can.
+    spec = ModelSpec(
+        n_channels=1,
+        activation="sigmoid",
+        class_names=("scratch", "dent"),
+        channel_order="GRAY",
+    )
+    rng = np.random.default_rng(3)
+    frames = []
+    for i in range(90):
+        probs = rng.uniform(0.0, 0.2, (2, 32, 32))
+        truth = np.zeros((32, 32), np.uint8)
+        y, x = rng.integers(2, 22, 2)
+        probs[0, y : y + 2, x : x + 5] = 0.7  # a speck on every frame
+        if i >= 60:
+            y, x = rng.integers(2, 22, 2)
+            if i % 2:
+                probs[0, y : y + 8, x : x + 8] = 0.95
+                truth[y : y + 8, x : x + 8] = 1
+            else:
+                probs[1, y : y + 1, x : x + 3] = 0.6
+                truth[y : y + 1, x : x + 3] = 2
+        sample = Sample(Path(f"{i}.png"), None, "g")
+        frames.append(InspectedFrame(sample, None, probs.astype(np.float32), truth))  # type: ignore[arg-type]
+    cal = calibrate(frames, spec, target_false_reject_rate=0.02)
+    assert cal.met
+    assert cal.false_reject_rate == 0.0
+    assert cal.image_recall == 1.0
+    assert cal.thresholds[0] >= 0.7 > 0.6 > cal.thresholds[1]
+    assert cal.min_area[1] <= 3
+    # The stored rule does what calibration promised, frame by frame.
+    cfg = PostprocessConfig.from_spec(cal.apply(spec))
+    verdicts = [postprocess(f.probs, cfg).verdict for f in frames]
+    assert verdicts == ["pass"] * 60 + ["fail"] * 30
