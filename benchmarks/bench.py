@@ -124,6 +124,7 @@ from defectscan.model.backends import (
     OpenVINOBackend,
     TorchBackend,
     autocast_dtype,
+    cpu_model,
     cpu_supports_bf16,
     make_backend,
     resolve_device,
@@ -255,16 +256,6 @@ class _Engine:
 # -- machine ----------------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _version(module: str) -> str | None:
     try:
         mod = __import__(module)
@@ -345,7 +336,7 @@ def machine_info(device: str) -> dict[str, Any]:
     except AttributeError:
         affinity = None
     return {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_flags": _cpu_flags(),
         "cores": os.cpu_count(),
         "affinity_cores": affinity,

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -47,6 +46,7 @@ os.environ.setdefault("DEFECTSCAN_METRICS_PORT", "0")
 import torch
 
 from defectscan import synth
+from defectscan.model.backends import cpu_model
 from defectscan.model.checkpoint import save_checkpoint
 from defectscan.model.spec import ModelSpec
 from defectscan.model.unet import UNet
@@ -58,16 +58,6 @@ def _rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         pages = int(fh.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _model(path: Path, width: int, tile: int) -> Path:
@@ -262,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "schema": "defectscan-soak/1",
             "created_at": datetime.now(UTC).isoformat(),
             "machine": {
-                "cpu_model": _cpu_model(),
+                "cpu_model": cpu_model(),
                 "cores": os.cpu_count(),
                 "torch": torch.__version__,
                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),

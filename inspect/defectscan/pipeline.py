@@ -53,6 +53,7 @@ from defectscan.postprocess import (
     PostprocessConfig,
     Postprocessed,
     class_masks,
+    defect_order,
     postprocess,
     postprocess_bands,
 )
@@ -277,7 +278,7 @@ class _BandPost:
         """``(y0, y1, x0, x1)`` of each independent region, margin included."""
         h, w = self.grid.height, self.grid.width
         # The margin post-processing itself grows each class's region by.
-        margin = self.cfg.morph_kernel + 2 if self.cfg.morph_kernel > 0 else 0
+        margin = self.cfg.margin
         rows = np.flatnonzero(self._first >= 0)
         if rows.size == 0:
             return []
@@ -328,8 +329,7 @@ class _BandPost:
                 ]
         finally:
             self._file.close()
-        # The order post-processing gives a whole frame.
-        defects.sort(key=lambda d: (d.class_index, d.bbox[1], d.bbox[0], d.polygon[0][::-1]))
+        defects.sort(key=defect_order)  # the order post-processing gives a whole frame
         return Postprocessed(class_map=class_map, defects=defects, verdict=verdict)
 
     def close(self) -> None:

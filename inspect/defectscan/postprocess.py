@@ -43,6 +43,7 @@ __all__ = [
     "PostprocessConfig",
     "Postprocessed",
     "class_masks",
+    "defect_order",
     "postprocess",
     "postprocess_bands",
 ]
@@ -125,6 +126,21 @@ class PostprocessConfig:
         """Channels the probabilities must have: one per class, plus background for softmax."""
         k = len(self.class_names)
         return k if self.activation == "sigmoid" else k + 1
+
+    @property
+    def channel_of(self) -> list[int]:
+        """The probability channel of each class (softmax channel 0 is background)."""
+        offset = 1 if self.activation == "softmax" else 0
+        return [c + offset for c in range(len(self.class_names))]
+
+    @property
+    def margin(self) -> int:
+        """How far past a class's pixels post-processing's work reaches (0 without morphology).
+
+        Closing can reach ``kernel // 2`` beyond the pixels, and its erosion must see a margin
+        of background past that for a crop to give exactly the full-frame result.
+        """
+        return self.morph_kernel + 2 if self.morph_kernel > 0 else 0
 
     @classmethod
     def from_spec(
@@ -409,10 +425,7 @@ def _class_defects(
 ) -> list[Defect]:
     """Clean one class's mask, paint what is kept into the class map, return its defects."""
     c = class_index - 1
-    # Closing can reach ``kernel // 2`` beyond the pixels, and its erosion must see a margin of
-    # background past that for the crop to give exactly the full-frame result.
-    margin = cfg.morph_kernel + 2 if cfg.morph_kernel > 0 else 0
-    region = _region(mask, margin)
+    region = _region(mask, cfg.margin)
     if region is None:
         return []
     y0, y1, x0, x1 = region
@@ -454,6 +467,15 @@ def _class_defects(
     return defects
 
 
+def defect_order(d: Defect) -> tuple[Any, ...]:
+    """Sort key of a frame's defects: class, then top-left corner, then contour start.
+
+    Bboxes of different components can share a corner; a contour starts at its component's
+    first pixel in raster order, which no other component has: a total, stable order.
+    """
+    return (d.class_index, d.bbox[1], d.bbox[0], d.polygon[0][::-1])
+
+
 def _verdict(defects: list[Defect], cfg: PostprocessConfig) -> Literal["pass", "fail"]:
     for d in defects:
         limit = cfg.fail_area[d.class_index - 1]
@@ -465,16 +487,13 @@ def _verdict(defects: list[Defect], cfg: PostprocessConfig) -> Literal["pass", "
 def postprocess(probs: np.ndarray, cfg: PostprocessConfig) -> Postprocessed:
     """Class map, defects sorted by (class, y, x), and verdict for one frame's probabilities."""
     masks = class_masks(probs, cfg)
-    offset = 1 if cfg.activation == "softmax" else 0  # softmax channel 0 is background
-    channel_of = [c + offset for c in range(len(cfg.class_names))]
+    channel_of = cfg.channel_of
     class_map = np.zeros(probs.shape[1:], dtype=np.uint8)
     defects: list[Defect] = []
     # Ascending class order matters: _paint resolves overlaps against earlier classes.
     for c, mask in enumerate(masks):
         defects += _class_defects(mask, probs, c + 1, cfg, class_map, channel_of)
-    # Bboxes of different components can share a corner; a contour starts at its component's
-    # first pixel in raster order, which no other component has: a total, stable order.
-    defects.sort(key=lambda d: (d.class_index, d.bbox[1], d.bbox[0], d.polygon[0][::-1]))
+    defects.sort(key=defect_order)
     verdict = _verdict(defects, cfg)
     logger.debug("%d defects, verdict %s", len(defects), verdict)
     return Postprocessed(class_map=class_map, defects=defects, verdict=verdict)
@@ -522,16 +541,14 @@ def postprocess_bands(
     a full mask and ``int32`` labels of the whole region.
     """
     height, width = class_map.shape
-    offset = 1 if cfg.activation == "softmax" else 0
-    channel_of = [c + offset for c in range(len(cfg.class_names))]
+    channel_of = cfg.channel_of
     bands = [(a, min(height, a + band_rows)) for a in range(0, height, band_rows)]
-    margin = cfg.morph_kernel + 2 if cfg.morph_kernel > 0 else 0
     defects: list[Defect] = []
     for c in range(len(cfg.class_names)):
         mask = np.zeros((height, width), dtype=np.uint8)
         for a, b in bands:
             mask[a:b] = _class_mask(read(a, b), cfg, c)
-        region = _region(mask, margin)
+        region = _region(mask, cfg.margin)
         if region is None:
             continue
         if cfg.morph_kernel > 0:
@@ -539,7 +556,7 @@ def postprocess_bands(
             mask[y0:y1, x0:x1] = _morphology(mask[y0:y1, x0:x1], cfg.morph_kernel)
         defects += _banded_class_defects(mask, read, bands, c + 1, cfg, class_map, channel_of)
         del mask
-    defects.sort(key=lambda d: (d.class_index, d.bbox[1], d.bbox[0], d.polygon[0][::-1]))
+    defects.sort(key=defect_order)
     return Postprocessed(class_map=class_map, defects=defects, verdict=_verdict(defects, cfg))
 
 

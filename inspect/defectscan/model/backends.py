@@ -47,6 +47,7 @@ __all__ = [
     "WithActivation",
     "autocast_dtype",
     "bf16_disabled",
+    "cpu_model",
     "cpu_supports_bf16",
     "default_compile",
     "fold_batchnorm",
@@ -115,6 +116,19 @@ def resolve_device(device: str = "auto") -> torch.device:
 def bf16_disabled() -> bool:
     """True when ``DEFECTSCAN_DISABLE_BF16`` is set: ``auto`` precision then never picks bf16."""
     return os.environ.get(BF16_DISABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), which benchmarks and engine choices record."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
 
 
 def cpu_supports_bf16() -> bool:

@@ -45,6 +45,7 @@ from defectscan.model.backends import (
     TorchBackend,
     WithActivation,
     bf16_disabled,
+    cpu_model,
     cpu_supports_bf16,
     export_onnx,
     fold_batchnorm,
@@ -554,7 +555,7 @@ def auto_cpu_backend(
                     {
                         "engine": best,
                         "tiles_per_s": rates,
-                        "cpu": _cpu_model(),
+                        "cpu": cpu_model(),
                         "format": _CHOICE_FORMAT,
                         "at": _now(),
                     },
@@ -616,18 +617,6 @@ def _tiles_per_s(backend: Backend, tiles: np.ndarray, rounds: int = 2) -> float:
     return len(tiles) / max(best, 1e-9)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
-
-
 # Raised when the engines' speed changes (2: OpenVINO runs a batch on every stream): choices
 # timed by an older defectscan are timed again.
 _CHOICE_FORMAT = 2
@@ -641,7 +630,7 @@ def _remembered_choice(path: Path | None) -> str | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if data.get("cpu") != _cpu_model() or data.get("format") != _CHOICE_FORMAT:
+    if data.get("cpu") != cpu_model() or data.get("format") != _CHOICE_FORMAT:
         return None
     engine = data.get("engine")
     return engine if isinstance(engine, str) else None

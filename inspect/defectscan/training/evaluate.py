@@ -299,7 +299,7 @@ def calibrate(
         for a in range(len(area_arr))
     ]
 
-    def decision(j: int, a: int, *, met: bool, note: str = "") -> Calibration:
+    def decision(j: int, a: int, *, note: str = "") -> Calibration:
         js, aas = np.full(k, j), np.full(k, a)
         if k > 1 and n_good and n_def:
             js, aas = _refine_per_class(
@@ -317,10 +317,10 @@ def calibrate(
         fails = _fails(largest, js, area_arr[aas])
         frr_ = float(fails[~defective].mean()) if n_good else None
         recall_ = float(fails[defective].mean()) if n_def else None
-        if not met and frr_ is not None and recall_ is not None:
-            # per-class settings reached the target that one shared setting could not
-            met = frr_ <= target_false_reject_rate + 1e-12
-            note = "" if met else note
+        # Measurable only with both kinds of frame; per-class settings may reach a target that
+        # one shared setting could not, and then the note about missing it no longer holds.
+        met = frr_ is not None and recall_ is not None and frr_ <= target_false_reject_rate + 1e-12
+        note = "" if met else note
         return Calibration(
             thresholds=tuple(float(levels[x]) for x in js) if sigmoid else tuple(spec.thresholds),
             min_confidence=0.0 if sigmoid else float(levels[j]),
@@ -338,7 +338,7 @@ def calibrate(
     if n_good == 0 or n_def == 0:
         j = int(np.argmax(pooled_iou))
         what = "defect-free" if n_good == 0 else "defective"
-        return decision(j, 0, met=False, note=f"no {what} validation frames: best pixel IoU")
+        return decision(j, 0, note=f"no {what} validation frames: best pixel IoU")
     ok = frr <= target_false_reject_rate + 1e-12
     if ok.any():
         # Highest recall, then highest pixel IoU, then the smallest area.
@@ -346,14 +346,13 @@ def calibrate(
             ok, recall * 1e6 + pooled_iou[:, None] * 1e3 - area_arr[None, :] * 1e-6, -1e18
         )
         jj, aa = np.unravel_index(int(np.argmax(key)), key.shape)
-        return decision(int(jj), int(aa), met=True)
+        return decision(int(jj), int(aa))
     # Not reachable: the lowest false-reject rate, then the highest recall.
     key = -frr * 1e6 + recall
     jj, aa = np.unravel_index(int(np.argmax(key)), key.shape)
     return decision(
         int(jj),
         int(aa),
-        met=False,
         note=f"no setting reaches false-reject rate {target_false_reject_rate}: lowest chosen",
     )
 
@@ -395,11 +394,11 @@ def _refine_per_class(
         return (0.0, -frr, recall, iou)
 
     best = score(js, aas)
-    levels = range(largest.shape[1]) if per_class_levels else None
     for _ in range(rounds):
         improved = False
         for c in range(k):
-            for j in levels if levels is not None else (js[c],):
+            levels = range(largest.shape[1]) if per_class_levels else (js[c],)
+            for j in levels:
                 for a in range(len(area_arr)):
                     trial_j, trial_a = js.copy(), aas.copy()
                     trial_j[c], trial_a[c] = j, a
