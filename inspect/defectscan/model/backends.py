@@ -411,10 +411,9 @@ class OpenVINOBackend:
             request.start_async({0: x[a:b]})
         for request in requests:
             request.wait()
-        # Copies: a request's output buffer is reused by its next inference.
-        return np.concatenate(
-            [np.array(r.get_output_tensor(0).data, dtype=np.float32) for r in requests]
-        )
+        # concatenate copies: a request's output buffer is reused by its next inference.
+        out = np.concatenate([r.get_output_tensor(0).data for r in requests])
+        return out.astype(np.float32, copy=False)
 
 
 class OnnxRuntimeBackend:
