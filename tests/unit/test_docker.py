@@ -34,9 +34,8 @@ def compose() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def cli() -> Any:
     """The click command tree of the real CLI (typer vendors click: duck-typed below)."""
-    from defectscan.cli import _register_subcommands, app
+    from defectscan.cli import app
 
-    _register_subcommands()
     command = typer.main.get_command(app)
     assert _is_group(command)
     return command

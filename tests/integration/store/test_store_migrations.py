@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from pytest_alembic import tests as alembic_tests
 from typer.testing import CliRunner
 
-from defectscan._cli_db import db_app
+from defectscan.cli.db import db_app
 from defectscan.store.db import alembic_config as make_alembic_config
 from defectscan.store.db import make_engine, upgrade_to_head
 from defectscan.store.schema import Base

@@ -96,7 +96,7 @@ def test_train_takes_a_recipe_file_and_flags_override_it(
 def test_the_shipped_recipe_is_a_valid_training_config(tmp_path: Path) -> None:
     import yaml
 
-    from defectscan._cli_train import recipe_path
+    from defectscan.cli.training import recipe_path
 
     settings = yaml.safe_load(recipe_path("magnetic-tile").read_text())
     config = TrainConfig(data=tmp_path, out=tmp_path / "m.safetensors", **settings)

@@ -39,7 +39,7 @@ def export_cmd(
     ] = 300,
 ) -> None:
     """Export a model to ONNX or OpenVINO (INT8 with --int8 --calibration DIR), parity-checked."""
-    from defectscan.cli import CliUsageError, console
+    from defectscan.cli.common import CliUsageError, console
     from defectscan.errors import DefectscanError
     from defectscan.model.checkpoint import load_checkpoint
     from defectscan.model.export import export_model

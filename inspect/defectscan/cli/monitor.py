@@ -12,7 +12,6 @@ import json
 import logging
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -34,7 +33,7 @@ def _install_stop_handlers() -> None:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             raise KeyboardInterrupt
-        from defectscan.cli import err_console
+        from defectscan.cli.common import err_console
 
         name = signal.Signals(signum).name
         err_console.print(f"{name}: finishing the batch in hand, then stopping")
@@ -98,7 +97,7 @@ def monitor_cmd(
     ] = None,
 ) -> None:
     """Watch a camera folder or Redis stream and inspect every image, until stopped."""
-    from defectscan.cli import console
+    from defectscan.cli.common import console, in_worker_thread
     from defectscan.config import get_settings
     from defectscan.monitor import STOP, set_process_metrics
 
@@ -121,7 +120,7 @@ def monitor_cmd(
     try:
         while not STOP.is_set():
             bound = run_images if max_images is None else min(run_images, max_images - total)
-            summary = _in_worker_thread(
+            summary = in_worker_thread(
                 runner,
                 source=source,
                 model=chosen_model,
@@ -156,31 +155,6 @@ def monitor_cmd(
     if not as_json:
         elapsed = time.perf_counter() - started
         console.print(f"monitor stopped: {total} images in {elapsed:.1f} s")
-
-
-def _in_worker_thread(fn: Any, **params: Any) -> dict[str, Any]:
-    """Run ``fn`` in a worker thread while the main thread keeps the signal handlers.
-
-    Prefect's flow engine replaces the SIGTERM handler of the main thread with one that
-    crashes the flow run; from a worker thread it cannot, so a stop request reaches STOP and
-    the run ends after the batch in hand, as a completed run.
-    """
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = fn(**params)
-        except BaseException as exc:  # handed to the main thread below
-            box["error"] = exc
-
-    worker = threading.Thread(target=target, name="defectscan-monitor", daemon=True)
-    worker.start()
-    while worker.is_alive():
-        worker.join(0.2)
-    if "error" in box:
-        raise box["error"]
-    result: dict[str, Any] = box["result"]
-    return result
 
 
 def _local_runner(**params: Any) -> dict[str, Any]:
@@ -245,7 +219,7 @@ def enqueue_cmd(
     """Put images on a Redis stream for the line monitor (a producer for cameras that push)."""
     import redis
 
-    from defectscan.cli import CliUsageError, console
+    from defectscan.cli.common import CliUsageError, console
     from defectscan.config import get_settings
     from defectscan.sources.redis_stream import enqueue
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+
+from defectscan.cli.common import console, err_console
 
 __all__ = ["db_app"]
 
 db_app = typer.Typer(no_args_is_help=True, help="Results database migrations (Alembic).")
-_console = Console()
-_err = Console(stderr=True)
 
 UrlOption = Annotated[
     str | None,
@@ -47,10 +46,10 @@ def _run(what: str, url: str | None, action: Any) -> None:
 
     try:
         config, resolved = _config(url)
-        _err.print(f"[dim]{what} on {_redact(resolved)}[/]")
+        err_console.print(f"[dim]{what} on {_redact(resolved)}[/]")
         action(config)
     except (CommandError, DefectscanError) as exc:
-        _err.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
 
 
@@ -63,7 +62,7 @@ def upgrade(
     from alembic import command
 
     _run("upgrade", url, lambda config: command.upgrade(config, revision))
-    _console.print(f"[green]upgrade to {revision}: done[/]")
+    console.print(f"[green]upgrade to {revision}: done[/]")
 
 
 @db_app.command()
@@ -75,7 +74,7 @@ def downgrade(
     from alembic import command
 
     _run("downgrade", url, lambda config: command.downgrade(config, revision))
-    _console.print(f"[green]downgrade to {revision}: done[/]")
+    console.print(f"[green]downgrade to {revision}: done[/]")
 
 
 @db_app.command()
@@ -95,11 +94,11 @@ def current(url: UrlOption = None) -> None:
         finally:
             engine.dispose()
         if revision is None:
-            _console.print(f"current: [yellow]none (empty database)[/]  head: {head}")
+            console.print(f"current: [yellow]none (empty database)[/]  head: {head}")
         elif revision == head:
-            _console.print(f"current: [green]{revision} (head)[/]")
+            console.print(f"current: [green]{revision} (head)[/]")
         else:
-            _console.print(
+            console.print(
                 f"current: [yellow]{revision}[/]  head: {head} (run `defectscan db upgrade`)"
             )
 
@@ -112,4 +111,4 @@ def check(url: UrlOption = None) -> None:
     from alembic import command
 
     _run("check", url, command.check)
-    _console.print("[green]database schema matches the models[/]")
+    console.print("[green]database schema matches the models[/]")

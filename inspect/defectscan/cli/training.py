@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from defectscan.cli.common import console, err_console
 
 __all__ = ["register"]
 
 logger = logging.getLogger(__name__)
-console = Console()
-err_console = Console(stderr=True)
 
 LayoutOpt = Annotated[
     str,
@@ -158,26 +157,42 @@ def train_cmd(
         ),
     ] = None,
     layout: LayoutOpt = "auto",
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 20,
+    epochs: Annotated[
+        int, typer.Option("--epochs", min=1, help="Passes over the crops of an epoch.")
+    ] = 20,
     width: Annotated[int, typer.Option("--width", min=1, help="UNet base width (seed: 64).")] = 16,
-    tile_size: Annotated[int, typer.Option("--tile-size", min=16)] = 256,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    tile_size: Annotated[
+        int, typer.Option("--tile-size", min=16, help="Training crop size in pixels.")
+    ] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Crops per step.")] = 8,
     mode: Annotated[str, typer.Option("--mode", help="auto, binary or multiclass.")] = "auto",
-    lr: Annotated[float, typer.Option("--lr")] = 2e-3,
-    val_fraction: Annotated[float, typer.Option("--val-fraction")] = 0.2,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = 2e-3,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of images held out for validation.")
+    ] = 0.2,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the split, the crops and the weights.")
+    ] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto, fp32, bf16, fp16.")] = "auto",
     workers: Annotated[
         int | None,
         typer.Option("--workers", min=0, help="DataLoader workers (default: from the cores)."),
     ] = None,
-    patience: Annotated[int, typer.Option("--patience", min=1)] = 6,
+    patience: Annotated[
+        int,
+        typer.Option("--patience", min=1, help="Stop after this many epochs without progress."),
+    ] = 6,
     neg_per_pos: Annotated[
         float | None,
         typer.Option("--neg-per-pos", help="Defect-free images per defect image per epoch."),
     ] = None,
-    samples_per_epoch: Annotated[int | None, typer.Option("--samples-per-epoch", min=1)] = None,
+    samples_per_epoch: Annotated[
+        int | None,
+        typer.Option(
+            "--samples-per-epoch", min=1, help="Crops per epoch (default: one per image)."
+        ),
+    ] = None,
     class_weights: Annotated[
         str | None,
         typer.Option(
@@ -207,7 +222,12 @@ def train_cmd(
     ] = 0.02,
     name: Annotated[str, typer.Option("--name", help="Model name in the registry.")] = "unet",
     parent: Annotated[str | None, typer.Option("--parent", help="Parent model version.")] = None,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume")] = True,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--no-resume", help="Continue from <out>.state.pt when its settings match."
+        ),
+    ] = True,
     do_register: Annotated[
         bool, typer.Option("--register/--no-register", help="Register as a candidate.")
     ] = True,
@@ -471,8 +491,18 @@ models_app = typer.Typer(no_args_is_help=True, help="Model registry: list, promo
 @models_app.command("list")
 def models_list(
     db: DbUrlOpt = None,
-    name: Annotated[str | None, typer.Option("--name")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Only versions of this model name.")
+    ] = None,
+    long: Annotated[
+        bool,
+        typer.Option(
+            "--long", "-l", help="One block per version with lineage, trigger and checkpoint."
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print every field of every version as JSON.")
+    ] = False,
 ) -> None:
     """Registered model versions, newest first."""
     from defectscan.store import list_model_versions
@@ -499,27 +529,76 @@ def models_list(
         ]
     if as_json:
         typer.echo(json.dumps(rows))
-        return
-    table = Table(title="model versions")
-    for col in ("version", "status", "activation", "val mean IoU", "parent", "run", "dataset"):
-        table.add_column(col)
-    for col in ("trigger", "requested by", "reason"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        iou = r["mean_iou"]
-        table.add_row(
+    elif long:
+        _print_versions_long(rows)
+    else:
+        _print_versions(rows)
+
+
+def _iou(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _print_versions(rows: list[dict[str, Any]]) -> None:
+    """The key columns only, never cut: the version is what ``models promote`` takes.
+
+    Where even those do not fit the terminal (very long model names), one block per version.
+    """
+    from rich import box
+
+    cells = [
+        (
             r["version"],
             r["status"],
-            r["activation"],
-            "-" if iou is None else f"{iou:.4f}",
-            r["parent"] or "-",
-            str(r["training_run"] or "-"),
-            r["dataset"] or "-",
-            r["trigger"] or "-",
-            r["requested_by"] or "-",
-            r["reason"] or "-",
+            _iou(r["mean_iou"]),
+            (r["created_at"] or "-")[:16].replace("T", " "),
         )
+        for r in rows
+    ]
+    headers = ("version", "status", "val IoU", "created (UTC)")
+    widths = [max([len(h), *(len(c[k]) for c in cells)]) for k, h in enumerate(headers)]
+    if sum(widths) + 2 * len(widths) > console.width:
+        _print_versions_long(rows)
+        return
+    table = Table(title="model versions", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for header in headers:
+        table.add_column(header, no_wrap=True, justify="right" if header == "val IoU" else "left")
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
+    if rows:
+        console.print("[dim]--long: lineage, run, trigger and checkpoint of each; --json: all[/]")
+
+
+def _print_versions_long(rows: list[dict[str, Any]]) -> None:
+    """One block per version: every field on its own line, wrapped, never truncated."""
+    fields = (
+        ("status", "status"),
+        ("activation", "activation"),
+        ("classes", "classes"),
+        ("val mean IoU", "mean_iou"),
+        ("parent", "parent"),
+        ("training run", "training_run"),
+        ("trigger", "trigger"),
+        ("requested by", "requested_by"),
+        ("reason", "reason"),
+        ("dataset", "dataset"),
+        ("created", "created_at"),
+        ("checkpoint", "checkpoint"),
+    )
+    for i, r in enumerate(rows):
+        if i:
+            console.print()
+        console.print(f"[bold]{r['version']}[/]", soft_wrap=True)
+        for label, key in fields:
+            value = r[key]
+            if key == "mean_iou":
+                text = _iou(value)
+            elif key == "classes":
+                text = ", ".join(value or []) or "-"
+            else:
+                text = "-" if value in (None, "") else str(value)
+            console.print(f"  {label:<13} {text}", markup=False, highlight=False)
 
 
 @models_app.command("promote")
@@ -528,8 +607,13 @@ def models_promote(
     holdout: Annotated[
         Path | None, typer.Option("--holdout", help="Score both models on this dataset folder.")
     ] = None,
-    metric: Annotated[str, typer.Option("--metric")] = "mean_iou",
-    margin: Annotated[float, typer.Option("--margin")] = 0.01,
+    metric: Annotated[
+        str, typer.Option("--metric", help="Holdout metric the gate compares (higher wins).")
+    ] = "mean_iou",
+    margin: Annotated[
+        float,
+        typer.Option("--margin", min=0, help="How much the candidate must beat the champion by."),
+    ] = 0.01,
     force: Annotated[
         bool, typer.Option("--force", help="Skip the gate (operator decision).")
     ] = False,
@@ -551,7 +635,10 @@ def models_promote(
 
 @models_app.command("rollback")
 def models_rollback(
-    name: Annotated[str | None, typer.Option("--name")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Model name (default: the latest promoted champion's)."),
+    ] = None,
     db: DbUrlOpt = None,
 ) -> None:
     """Retire the current champion and bring back the previous one."""
@@ -575,7 +662,9 @@ def review_cmd(
         Path | None, typer.Option("--mask", help="Corrected mask (PNG, class indices or 0/255).")
     ] = None,
     operator: Annotated[str | None, typer.Option("--by", help="Operator name.")] = None,
-    note: Annotated[str | None, typer.Option("--note")] = None,
+    note: Annotated[
+        str | None, typer.Option("--note", help="A comment kept with the review.")
+    ] = None,
     db: DbUrlOpt = None,
 ) -> None:
     """Record an operator's review of an inspection; it becomes training data for the next run."""

@@ -46,7 +46,7 @@ def serve_cmd(
     ] = True,
 ) -> None:
     """Serve every deployment (line monitors, batch inspections, retrain) with its schedule."""
-    from defectscan.cli import CliUsageError, console
+    from defectscan.cli.common import CliUsageError, console
     from defectscan.config import get_settings
     from defectscan.orchestration import prefect_server_configured
 
@@ -65,7 +65,7 @@ def serve_cmd(
 
 
 def _print_outcome(outcome: dict[str, Any], as_json: bool) -> int:
-    from defectscan.cli import console, err_console
+    from defectscan.cli.common import console, err_console
 
     code = int(outcome.get("exit_code", 1))
     if as_json:
@@ -94,14 +94,14 @@ def _print_outcome(outcome: dict[str, Any], as_json: bool) -> int:
 
 def _in_process(params: dict[str, Any], *, use_prefect: bool) -> dict[str, Any]:
     """Run the retrain flow here (ephemeral API), or the library alone (``--no-prefect``)."""
-    from defectscan._cli_monitor import _in_worker_thread
+    from defectscan.cli.common import in_worker_thread
     from defectscan.training.retrain import RetrainError, RetrainRequest, retrain_from_settings
 
     try:
         if use_prefect:
             from flows.retrain import retrain
 
-            return _in_worker_thread(retrain, **params)
+            return in_worker_thread(retrain, **params)
         request = RetrainRequest(
             trigger=params["trigger"],
             requested_by=params["requested_by"],
@@ -130,7 +130,7 @@ def _submit(params: dict[str, Any], *, key: str, wait: bool, as_json: bool) -> i
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
-    from defectscan.cli import CliUsageError, console
+    from defectscan.cli.common import CliUsageError, console
 
     submitted_at = datetime.now(UTC)
     try:
@@ -220,7 +220,7 @@ def retrain_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
     """Retrain now: on the retrain deployment when a Prefect server answers, else in-process."""
-    from defectscan.cli import CliUsageError
+    from defectscan.cli.common import CliUsageError
     from defectscan.orchestration import prefect_server_configured, prefect_server_reachable
 
     if not reason.strip() or not requested_by.strip():
@@ -246,7 +246,7 @@ def retrain_cmd(
         )
         raise typer.Exit(code)
     if use_prefect and prefect_server_configured():
-        from defectscan.cli import err_console
+        from defectscan.cli.common import err_console
 
         err_console.print("the Prefect server at PREFECT_API_URL does not answer: retraining here")
         use_prefect = False
@@ -285,10 +285,9 @@ def batch_cmd(
     import flows  # noqa: F401
     from flows.batch_inspection import batch_inspection
 
-    from defectscan._cli_monitor import _in_worker_thread
-    from defectscan.cli import console
+    from defectscan.cli.common import console, in_worker_thread
 
-    summary = _in_worker_thread(
+    summary = in_worker_thread(
         batch_inspection,
         paths=list(paths or []),
         sha256=list(sha256 or []),

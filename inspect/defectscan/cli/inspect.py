@@ -1,4 +1,4 @@
-"""The ``defectscan`` command line (typer + rich): the outermost layer.
+"""``defectscan inspect``: inspect image files and print, write or store what was found.
 
 Exit status: 0 when every input was inspected, 2 when some inputs were rejected (the rest are
 still inspected), 1 for usage errors (bad options, missing files, unreadable model).
@@ -7,7 +7,6 @@ still inspected), 1 for usage errors (bad options, missing files, unreadable mod
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from collections import Counter
@@ -15,65 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from defectscan import __version__
+from defectscan.cli.common import CliUsageError, console, expand_inputs
 from defectscan.errors import DefectscanError
 
-__all__ = ["app", "main"]
-
-
-app = typer.Typer(
-    name="defectscan",
-    help="Industrial defect inspection: tiled UNet segmentation, masks, contours, verdicts.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console(stderr=False)
-err_console = Console(stderr=True, soft_wrap=True)  # error lines stay whole in logs
-
-
-class CliUsageError(Exception):
-    """A usage error found inside a command (exit status 1), such as a missing input file."""
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"defectscan {__version__}")
-        raise typer.Exit
-
-
-@app.callback()
-def _root(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
-    ] = False,
-    log_format: Annotated[
-        str | None,
-        typer.Option("--log-format", help="text or json (default: DEFECTSCAN_LOG_FORMAT, text)."),
-    ] = None,
-) -> None:
-    """Inspect images for scratches, cracks and spots with a UNet; train and manage models."""
-    from defectscan.logs import configure_logging, resolve_log_format
-
-    if log_format not in (None, "text", "json"):
-        msg = f"--log-format must be text or json, not {log_format!r}"
-        raise CliUsageError(msg)
-    configure_logging(logging.INFO if verbose else logging.WARNING, resolve_log_format(log_format))
-
-
-def expand_inputs(patterns: list[str]) -> list[Path]:
-    """Files as given, image files inside folders (sorted), and glob patterns, de-duplicated."""
-    from defectscan.inputs import InputPathError
-    from defectscan.inputs import expand_inputs as expand
-
-    try:
-        return expand(patterns)
-    except InputPathError as exc:
-        raise CliUsageError(str(exc)) from None
+__all__ = ["register"]
 
 
 def _output_names(paths: list[Path]) -> dict[Path, str]:
@@ -92,7 +38,6 @@ def _output_names(paths: list[Path]) -> dict[Path, str]:
     return names
 
 
-@app.command("inspect")
 def inspect_cmd(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")],
     model: Annotated[
@@ -209,66 +154,6 @@ def inspect_cmd(
         raise typer.Exit(2)
 
 
-@app.command("demo")
-def demo_cmd(
-    workdir: Annotated[Path, typer.Option(help="Where data, model and outputs go.")] = Path(
-        "var/demo"
-    ),
-    images: Annotated[int, typer.Option(min=1, help="Parts the camera drops.")] = 12,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (first run only).")] = 20,
-    retrain: Annotated[bool, typer.Option(help="Train again even if a model exists.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-) -> None:
-    """Run the main job end to end on synthetic parts: train, inspect, store in SQLite."""
-    from defectscan.config import get_settings
-    from defectscan.demo import run_demo
-
-    settings = get_settings()
-    with console.status("demo") as status:
-
-        def say(message: str) -> None:
-            console.log(message)
-            status.update(message)
-
-        summary = run_demo(
-            workdir,
-            database_url=settings.database_url,
-            images=images,
-            epochs=epochs,
-            retrain=retrain,
-            device=device,
-            say=say,
-        )
-    table = Table(title="defectscan demo", show_header=False)
-    table.add_column("what")
-    table.add_column("value")
-    table.add_row("model", f"{summary.model_version} ({summary.model_path})")
-    if summary.trained:
-        table.add_row("training", f"{summary.train_seconds:.1f} s")
-    for name, iou in summary.val_iou.items():
-        table.add_row(f"val IoU {name}", "-" if iou is None else f"{iou:.3f}")
-    table.add_row(
-        "inspected",
-        f"{summary.images} parts by the batch-inspection flow in {summary.inspect_seconds:.1f} s "
-        "(with Prefect's start-up)",
-    )
-    flow = summary.flow_result
-    table.add_row(
-        "stored",
-        f"{flow.get('inserted', 0)} new rows, {flow.get('duplicates', 0)} already stored",
-    )
-    table.add_row("verdicts", ", ".join(f"{n} {v}" for v, n in sorted(summary.verdicts.items())))
-    table.add_row(
-        "defects",
-        ", ".join(f"{n} {c}" for c, n in summary.defects_by_class.most_common()) or "none",
-    )
-    table.add_row("defective parts caught", f"{summary.image_recall:.0%}")
-    table.add_row("good parts rejected", f"{summary.false_reject_rate:.0%}")
-    table.add_row("database", f"{summary.database_url} ({summary.rows_in_database} rows)")
-    table.add_row("report", str(summary.report_path))
-    console.print(table)
-
-
 def _open_writer(url: str, inspector: Any) -> Any:
     from defectscan.service import register_model
     from defectscan.store.db import ensure_schema, make_engine
@@ -311,54 +196,6 @@ def _print_table(rows: list[dict[str, Any]], elapsed: float) -> None:
     )
 
 
-def _register_subcommands() -> None:
-    from defectscan._cli_db import db_app
-
-    app.add_typer(db_app, name="db", help="Results database migrations.")
-    from defectscan._cli_monitor import register as register_monitor
-
-    register_monitor(app)
-    from defectscan._cli_ops import register as register_ops
-
-    register_ops(app)
-    from defectscan._cli_export import register as register_export
-
-    register_export(app)
-    from defectscan._cli_flows import register as register_flows
-
-    register_flows(app)
-    try:
-        from defectscan._cli_train import register
-    except ImportError:  # pragma: no cover - only while the training module is absent
-        return
-    register(app)
-
-
-def main() -> None:
-    """Console-script entry point with the documented exit statuses."""
-    _register_subcommands()
-    try:
-        rv = app(standalone_mode=False)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except CliUsageError as exc:
-        err_console.print(f"[red]usage error[/]: {exc}")
-        sys.exit(1)
-    except typer.TyperException as exc:  # typer's own usage errors (missing option, bad value)
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        else:
-            err_console.print(f"[red]usage error[/]: {exc}")
-        sys.exit(1)
-    except DefectscanError as exc:
-        err_console.print(f"[red]error[/]: {exc}")
-        sys.exit(1)
-    sys.exit(rv if isinstance(rv, int) else 0)
-
-
-if __name__ == "__main__":  # ``python -m defectscan.cli``
-    main()
+def register(app: typer.Typer) -> None:
+    """Add ``inspect`` to the CLI."""
+    app.command("inspect")(inspect_cmd)
