@@ -200,7 +200,7 @@ def register_test_model(
     session: Session, version: str = MODEL_VERSION, sha256: str = MODEL_SHA256
 ) -> None:
     """Register a model version the test records can be saved under."""
-    from defectscan.store.repository import ensure_model_version
+    from defectscan.store.model_versions import ensure_model_version
 
     ensure_model_version(
         session=session,

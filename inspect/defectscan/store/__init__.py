@@ -1,4 +1,4 @@
-"""The results database: typed ORM, idempotent repository functions, engines and migrations.
+"""The results database: typed ORM, idempotent writes and queries, engines and migrations.
 
 The names below load on first use (PEP 562): ``import defectscan.store.records`` pulls in
 neither SQLAlchemy nor torch, so the pipeline can build plain :class:`InspectionRecord` values
@@ -20,37 +20,37 @@ if TYPE_CHECKING:
         upgrade_to_head,
         with_retries,
     )
-    from defectscan.store.records import DefectRecord, InspectionRecord
-    from defectscan.store.repository import (
+    from defectscan.store.inspection_queries import (
         DEFAULT_SHIFTS,
         DefectRate,
         LatencyStats,
-        SaveResult,
         ShiftYield,
-        add_review,
-        create_training_run,
         defect_rates,
-        ensure_model_version,
-        finish_training_run,
-        get_champion,
         get_inspection,
-        get_model_version,
         latency_percentiles,
-        list_model_versions,
-        mark_reviews_used,
-        recent_events,
         recent_inspections,
-        record_event,
-        record_rejection,
-        rejection_record,
-        reviews_for_training,
-        save_inspection,
-        save_inspections,
-        save_run_metrics,
-        set_model_status,
-        start_training_run,
         yield_by_shift,
     )
+    from defectscan.store.inspection_writes import (
+        SaveResult,
+        record_rejection,
+        rejection_record,
+        save_inspection,
+        save_inspections,
+    )
+    from defectscan.store.model_versions import (
+        ensure_model_version,
+        get_champion,
+        get_model_version,
+        list_model_versions,
+        set_model_status,
+    )
+    from defectscan.store.operations import (
+        recent_events,
+        record_event,
+        save_run_metrics,
+    )
+    from defectscan.store.records import DefectRecord, InspectionRecord
     from defectscan.store.schema import (
         Base,
         Defect,
@@ -60,6 +60,14 @@ if TYPE_CHECKING:
         Review,
         RunMetric,
         TrainingRun,
+    )
+    from defectscan.store.training_runs import (
+        add_review,
+        create_training_run,
+        finish_training_run,
+        mark_reviews_used,
+        reviews_for_training,
+        start_training_run,
     )
 
 __all__ = [
@@ -111,51 +119,51 @@ __all__ = [
 ]
 
 _LAZY: dict[str, str] = {
-    "DEFAULT_SHIFTS": "defectscan.store.repository",
+    "DEFAULT_SHIFTS": "defectscan.store.inspection_queries",
     "Base": "defectscan.store.schema",
     "Defect": "defectscan.store.schema",
-    "DefectRate": "defectscan.store.repository",
+    "DefectRate": "defectscan.store.inspection_queries",
     "DefectRecord": "defectscan.store.records",
     "Event": "defectscan.store.schema",
     "Inspection": "defectscan.store.schema",
     "InspectionRecord": "defectscan.store.records",
-    "LatencyStats": "defectscan.store.repository",
+    "LatencyStats": "defectscan.store.inspection_queries",
     "ModelVersion": "defectscan.store.schema",
     "Review": "defectscan.store.schema",
     "RunMetric": "defectscan.store.schema",
-    "SaveResult": "defectscan.store.repository",
-    "ShiftYield": "defectscan.store.repository",
+    "SaveResult": "defectscan.store.inspection_writes",
+    "ShiftYield": "defectscan.store.inspection_queries",
     "TrainingRun": "defectscan.store.schema",
-    "add_review": "defectscan.store.repository",
+    "add_review": "defectscan.store.training_runs",
     "alembic_config": "defectscan.store.db",
-    "create_training_run": "defectscan.store.repository",
-    "defect_rates": "defectscan.store.repository",
-    "ensure_model_version": "defectscan.store.repository",
-    "finish_training_run": "defectscan.store.repository",
-    "get_champion": "defectscan.store.repository",
-    "get_inspection": "defectscan.store.repository",
-    "get_model_version": "defectscan.store.repository",
+    "create_training_run": "defectscan.store.training_runs",
+    "defect_rates": "defectscan.store.inspection_queries",
+    "ensure_model_version": "defectscan.store.model_versions",
+    "finish_training_run": "defectscan.store.training_runs",
+    "get_champion": "defectscan.store.model_versions",
+    "get_inspection": "defectscan.store.inspection_queries",
+    "get_model_version": "defectscan.store.model_versions",
     "is_retryable": "defectscan.store.db",
-    "latency_percentiles": "defectscan.store.repository",
-    "list_model_versions": "defectscan.store.repository",
+    "latency_percentiles": "defectscan.store.inspection_queries",
+    "list_model_versions": "defectscan.store.model_versions",
     "make_engine": "defectscan.store.db",
-    "mark_reviews_used": "defectscan.store.repository",
-    "recent_events": "defectscan.store.repository",
-    "recent_inspections": "defectscan.store.repository",
-    "record_event": "defectscan.store.repository",
-    "record_rejection": "defectscan.store.repository",
-    "rejection_record": "defectscan.store.repository",
+    "mark_reviews_used": "defectscan.store.training_runs",
+    "recent_events": "defectscan.store.operations",
+    "recent_inspections": "defectscan.store.inspection_queries",
+    "record_event": "defectscan.store.operations",
+    "record_rejection": "defectscan.store.inspection_writes",
+    "rejection_record": "defectscan.store.inspection_writes",
     "retrying": "defectscan.store.db",
-    "reviews_for_training": "defectscan.store.repository",
-    "save_inspection": "defectscan.store.repository",
-    "save_inspections": "defectscan.store.repository",
-    "save_run_metrics": "defectscan.store.repository",
+    "reviews_for_training": "defectscan.store.training_runs",
+    "save_inspection": "defectscan.store.inspection_writes",
+    "save_inspections": "defectscan.store.inspection_writes",
+    "save_run_metrics": "defectscan.store.operations",
     "session_factory": "defectscan.store.db",
-    "set_model_status": "defectscan.store.repository",
-    "start_training_run": "defectscan.store.repository",
+    "set_model_status": "defectscan.store.model_versions",
+    "start_training_run": "defectscan.store.training_runs",
     "upgrade_to_head": "defectscan.store.db",
     "with_retries": "defectscan.store.db",
-    "yield_by_shift": "defectscan.store.repository",
+    "yield_by_shift": "defectscan.store.inspection_queries",
 }
 
 

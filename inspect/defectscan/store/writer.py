@@ -1,9 +1,9 @@
 """A batching results writer: what the CLI, the demo and the line monitor save through.
 
 Records are buffered and written in one transaction per batch with
-:func:`~defectscan.store.repository.save_inspections` (idempotent on sha256 + model version),
-retrying transient connection failures. Sources must acknowledge a record only after the
-:meth:`ResultWriter.flush` that wrote it has returned.
+:func:`~defectscan.store.inspection_writes.save_inspections` (idempotent on sha256 + model
+version), retrying transient connection failures. Sources must acknowledge a record only after
+the :meth:`ResultWriter.flush` that wrote it has returned.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from defectscan.store.db import retrying, session_factory
+from defectscan.store.inspection_writes import SaveResult, save_inspections
+from defectscan.store.model_versions import ensure_model_version
 from defectscan.store.records import InspectionRecord
-from defectscan.store.repository import SaveResult, ensure_model_version, save_inspections
 
 __all__ = ["ResultWriter"]
 

@@ -43,13 +43,13 @@ from sqlalchemy.orm import Session
 from defectscan.archive import ImageArchive
 from defectscan.errors import ConfigError, DatasetError, DefectscanError
 from defectscan.store.db import session_factory
-from defectscan.store.repository import (
+from defectscan.store.model_versions import get_champion
+from defectscan.store.schema import TrainingRun
+from defectscan.store.training_runs import (
     create_training_run,
     finish_training_run,
-    get_champion,
     mark_reviews_used,
 )
-from defectscan.store.schema import TrainingRun
 
 __all__ = [
     "Holdout",
@@ -422,7 +422,7 @@ def _holdout_classes(holdout: Holdout) -> tuple[str, ...]:
 def _side_by_side(
     session: Session, candidate: str, champion: str | None, holdout: Path
 ) -> dict[str, dict[str, float | None]]:
-    from defectscan.store.repository import get_model_version
+    from defectscan.store.model_versions import get_model_version
 
     key = str(holdout.resolve())
 

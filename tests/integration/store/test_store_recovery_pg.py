@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from defectscan.store import repository as repo
+from defectscan import store as repo
 from defectscan.store.db import retrying
 from defectscan.store.records import InspectionRecord
 from defectscan.store.schema import Defect, Inspection

@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from defectscan import store as repo
 from defectscan.errors import StoreError
-from defectscan.store import repository as repo
 from defectscan.store.db import retrying
 from defectscan.store.records import InspectionRecord
 from defectscan.store.schema import Defect, Inspection, ModelVersion, RunMetric

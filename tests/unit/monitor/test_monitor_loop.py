@@ -13,7 +13,8 @@ from defectscan.monitor import LineMonitor, ModelProvider
 from defectscan.pipeline import Inspector
 from defectscan.sources.folder import FolderSource
 from defectscan.store.db import make_engine, session_factory, upgrade_to_head
-from defectscan.store.repository import recent_events, set_model_status
+from defectscan.store.model_versions import set_model_status
+from defectscan.store.operations import recent_events
 from defectscan.training.registry import register_checkpoint
 from defectscan.training.reviews import export_review_dataset, record_review
 from helpers.line import Crashy, oracle_checkpoint, rows, write_parts

@@ -13,10 +13,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from defectscan import store as repo
 from defectscan.config import get_settings
 from defectscan.errors import StoreError
 from defectscan.store import db
-from defectscan.store import repository as repo
+from defectscan.store.inspection_queries import _check_shifts, _percentile_cont
 from defectscan.store.records import InspectionRecord
 from defectscan.store.schema import Inspection
 
@@ -216,7 +217,7 @@ def test_records_module_imports_no_sqlalchemy() -> None:
 
 @pytest.mark.parametrize(("q", "expected"), [(0.0, 1.0), (0.5, 2.5), (0.95, 3.85), (1.0, 4.0)])
 def test_percentiles_interpolate_like_postgresql(q: float, expected: float) -> None:
-    assert repo._percentile_cont([1.0, 2.0, 3.0, 4.0], q) == pytest.approx(expected)
+    assert _percentile_cont([1.0, 2.0, 3.0, 4.0], q) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
@@ -231,4 +232,4 @@ def test_shifts_must_cover_the_day_exactly_once(
     shifts: tuple[tuple[int, int], ...], message: str
 ) -> None:
     with pytest.raises(StoreError, match=message):
-        repo._check_shifts(shifts)
+        _check_shifts(shifts)
