@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from defectscan.config import ArchiveConfig
 from defectscan.errors import DefectscanError
 
 __all__ = [
@@ -70,6 +71,17 @@ class ArchivePolicy:
         if self.margin < 0:
             msg = f"archive margin must be >= 0, got {self.margin}"
             raise ArchiveError(msg)
+
+    @classmethod
+    def from_config(cls, config: ArchiveConfig) -> ArchivePolicy:
+        """The policy a plant file's (validated) ``archive`` section describes."""
+        return cls(
+            pass_share=config.keep_pass_share,
+            margin=config.near_threshold_margin,
+            keep_rejected=config.keep_rejected,
+            max_age_days=config.max_age_days,
+            max_bytes=None if config.max_size_gb is None else int(config.max_size_gb * 1e9),
+        )
 
     def reason(
         self,

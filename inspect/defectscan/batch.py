@@ -24,9 +24,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,8 @@ import numpy as np
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, selectinload
 
-from defectscan.archive import ArchiveError, ImageArchive
+from defectscan.archive import ArchiveError, ArchivePolicy, ImageArchive
+from defectscan.batch_records import BatchReport, MissingInput, PartRow
 from defectscan.errors import DefectscanError
 from defectscan.inputs import IMAGE_SUFFIXES, InputPathError, expand_inputs
 from defectscan.pipeline import InspectionResult, Inspector
@@ -134,133 +135,6 @@ class BatchSelection:
             ]
             parts.append("inspections where " + " ".join(q))
         return "; ".join(parts) or "nothing"
-
-
-@dataclass(frozen=True)
-class MissingInput:
-    """A reference that could not be turned into image bytes, and why."""
-
-    ref: str
-    reason: str
-
-
-@dataclass
-class PartRow:
-    """One inspected (or rejected) part of the lot, as stored."""
-
-    sha256: str
-    uri: str
-    camera: str | None
-    line: str | None
-    status: str
-    verdict: str | None
-    n_defects: int
-    defect_area: int
-    max_score: float
-    classes: dict[str, int]
-    error_kind: str | None = None
-    error_message: str | None = None
-    thumbnail: str | None = None
-
-
-@dataclass
-class BatchReport:
-    """A lot's results under one model version, read back from the database."""
-
-    title: str
-    selection: str
-    model_version: str
-    class_names: list[str]
-    started_at: datetime
-    finished_at: datetime
-    inputs: int
-    inserted: int
-    duplicates: int
-    parts: list[PartRow] = field(default_factory=list)
-    missing: list[MissingInput] = field(default_factory=list)
-    report_path: Path | None = None
-
-    @property
-    def inspected(self) -> int:
-        """Parts with a verdict."""
-        return sum(p.status == "ok" for p in self.parts)
-
-    @property
-    def rejected(self) -> list[PartRow]:
-        """Inputs that could not be inspected (with their reasons)."""
-        return [p for p in self.parts if p.status != "ok"]
-
-    @property
-    def failed(self) -> int:
-        """Parts that failed."""
-        return sum(p.verdict == "fail" for p in self.parts)
-
-    @property
-    def defect_rate(self) -> float | None:
-        """Failed parts / inspected parts."""
-        return self.failed / self.inspected if self.inspected else None
-
-    def per_class(self) -> dict[str, dict[str, float | int | None]]:
-        """Per class: defects found, parts with the class, and that share of inspected parts."""
-        out: dict[str, dict[str, float | int | None]] = {}
-        for name in self.class_names:
-            defects = sum(p.classes.get(name, 0) for p in self.parts)
-            parts = sum(1 for p in self.parts if p.classes.get(name))
-            rate = parts / self.inspected if self.inspected else None
-            out[name] = {"defects": defects, "parts": parts, "rate": rate}
-        return out
-
-    def by_camera(self) -> dict[str, dict[str, float | int | None]]:
-        """Per camera: inspected, failed, rejected parts and the defect rate."""
-        groups: dict[str, list[PartRow]] = defaultdict(list)
-        for p in self.parts:
-            groups[p.camera or "-"].append(p)
-        out: dict[str, dict[str, float | int | None]] = {}
-        for camera in sorted(groups):
-            rows = groups[camera]
-            ok = sum(p.status == "ok" for p in rows)
-            failed = sum(p.verdict == "fail" for p in rows)
-            out[camera] = {
-                "inspected": ok,
-                "failed": failed,
-                "rejected": len(rows) - ok,
-                "rate": failed / ok if ok else None,
-            }
-        return out
-
-    def worst(self, n: int = 10) -> list[PartRow]:
-        """Failed parts with the most defect area first (then the highest score)."""
-        failed = [p for p in self.parts if p.verdict == "fail"]
-        return sorted(failed, key=lambda p: (-p.defect_area, -p.max_score, p.uri))[:n]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe summary (the flow's return value)."""
-        return {
-            "title": self.title,
-            "selection": self.selection,
-            "model_version": self.model_version,
-            "started_at": self.started_at.isoformat(),
-            "finished_at": self.finished_at.isoformat(),
-            "inputs": self.inputs,
-            "parts": len(self.parts),
-            "inspected": self.inspected,
-            "failed": self.failed,
-            "rejected": len(self.rejected),
-            "missing": [asdict(m) for m in self.missing],
-            "inserted": self.inserted,
-            "duplicates": self.duplicates,
-            "defect_rate": self.defect_rate,
-            "per_class": self.per_class(),
-            "by_camera": self.by_camera(),
-            "rejected_inputs": [
-                {"uri": p.uri, "kind": p.error_kind, "message": p.error_message}
-                for p in self.rejected
-            ],
-            "worst": [
-                {"uri": p.uri, "sha256": p.sha256, "area": p.defect_area} for p in self.worst()
-            ],
-            "report": str(self.report_path) if self.report_path else None,
-        }
 
 
 # --------------------------------------------------------------------------- inputs
@@ -608,7 +482,7 @@ def inspect_lot(
             model, load=line_loader(line), sessions=session_factory(engine, write=True), line=line
         )
         archive_dir = settings.archive_dir or settings.var_dir / "archive"
-        archive = ImageArchive(archive_dir, settings.archive_for(line).policy())
+        archive = ImageArchive(archive_dir, ArchivePolicy.from_config(settings.archive_for(line)))
         if report_dir is None:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
             report_dir = settings.var_dir / "reports" / f"batch-{line or 'lot'}-{stamp}"

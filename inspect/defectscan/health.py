@@ -162,7 +162,7 @@ def resolve_model(ref: ModelRef, *, database_url: str | None) -> Path:
     from sqlalchemy.exc import SQLAlchemyError
 
     from defectscan.store.db import make_engine, session_factory
-    from defectscan.store.repository import get_champion
+    from defectscan.store.model_versions import get_champion
 
     if _missing_sqlite_file(database_url):
         msg = f"cannot look up the {what}: no database file; run `defectscan db upgrade`"
@@ -208,7 +208,7 @@ def check_model(
             return False, f"{path}: no such checkpoint file (check the volume mount and path)"
         import numpy as np
 
-        from defectscan.model.backends import make_backend
+        from defectscan.model.engines import make_backend
         from defectscan.model.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path)

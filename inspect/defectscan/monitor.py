@@ -30,18 +30,15 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from defectscan.archive import ImageArchive
+from defectscan.archive import ArchivePolicy, ImageArchive
 from defectscan.errors import ConfigError, DefectscanError, StoreError
 from defectscan.pipeline import Inspector
 from defectscan.service import BatchOutcome, MetricsSink, inspect_and_store, register_model
 from defectscan.sources.base import ImageRecord, Source
 from defectscan.store.db import retrying, session_factory
-from defectscan.store.repository import (
-    get_champion,
-    record_event,
-    reviews_for_training,
-    save_run_metrics,
-)
+from defectscan.store.model_versions import get_champion
+from defectscan.store.operations import record_event, save_run_metrics
+from defectscan.store.training_runs import reviews_for_training
 from defectscan.store.writer import ResultWriter
 
 __all__ = [
@@ -634,7 +631,7 @@ def build_monitor(
         raise
     if archive is None:
         archive_dir = settings.archive_dir or settings.var_dir / "archive"
-        archive = ImageArchive(archive_dir, settings.archive_for(line).policy())
+        archive = ImageArchive(archive_dir, ArchivePolicy.from_config(settings.archive_for(line)))
     return LineMonitor(
         src,
         models,

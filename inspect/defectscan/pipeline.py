@@ -45,7 +45,8 @@ import numpy as np
 from defectscan.config import LineConfig
 from defectscan.errors import DefectscanError
 from defectscan.imaging import DecodedImage, decode, sha256_bytes, to_model_input
-from defectscan.model.backends import Backend, BackendName, Precision, make_backend
+from defectscan.model.backends import Backend, BackendName, Precision
+from defectscan.model.engines import make_backend
 from defectscan.model.checkpoint import Checkpoint, load_checkpoint
 from defectscan.model.spec import ModelSpec
 from defectscan.postprocess import (

@@ -6,17 +6,14 @@ import html
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from defectscan.batch_records import BatchReport
 from defectscan.imaging import DecodedImage, write_image
 from defectscan.pipeline import InspectionResult
 from defectscan.postprocess import Defect
-
-if TYPE_CHECKING:
-    from defectscan.batch import BatchReport
 
 __all__ = [
     "batch_report_html",

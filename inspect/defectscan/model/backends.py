@@ -14,8 +14,8 @@ softmax) is applied inside the backend, so exported engines carry it in their gr
 - :class:`OpenVINOBackend` and :class:`OnnxRuntimeBackend`: the same network exported; optional
   extras (``pip install defectscan[engines]``). Exported files (``defectscan export``, INT8
   included) load with :meth:`OpenVINOBackend.from_file` / :meth:`OnnxRuntimeBackend.from_file`.
-- ``auto``: torch on CUDA; on the CPU the fastest engine that passes parity, cached under
-  ``var/engines`` by the checkpoint's sha256 (:mod:`defectscan.model.export`).
+- ``auto`` and the factory :func:`defectscan.model.engines.make_backend` live one floor up, in
+  :mod:`defectscan.model.engines`, which chooses among these engines and the exported ones.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from defectscan.errors import ConfigError
-from defectscan.model.spec import Activation, ModelSpec
+from defectscan.model.spec import Activation
 
 __all__ = [
     "BF16_DISABLE_ENV",
@@ -51,7 +51,6 @@ __all__ = [
     "cpu_supports_bf16",
     "default_compile",
     "fold_batchnorm",
-    "make_backend",
     "resolve_device",
 ]
 
@@ -508,51 +507,3 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
         opset_version=17,
         dynamo=False,
     )
-
-
-def make_backend(
-    name: BackendName,
-    model: nn.Module,
-    activation: Activation,
-    *,
-    n_channels: int,
-    tile: int,
-    device: str = "auto",
-    precision: Precision = "auto",
-    checkpoint_sha256: str | None = None,
-    spec: ModelSpec | None = None,
-) -> Backend:
-    """Build the named engine.
-
-    ``auto``: torch (compiled) on CUDA; on the CPU the fastest engine that passes parity
-    against eager torch (an exported INT8 engine from the cache first, then OpenVINO, ONNX
-    Runtime, torch), cached under ``var/engines`` when ``checkpoint_sha256`` is given.
-    """
-    if name == "auto":
-        if resolve_device(device).type == "cuda":
-            name = "torch"
-        else:
-            from defectscan.model.export import auto_cpu_backend
-
-            return auto_cpu_backend(
-                model,
-                activation,
-                n_channels=n_channels,
-                tile=tile,
-                precision=precision,
-                checkpoint_sha256=checkpoint_sha256,
-                spec=spec,
-            )
-    if name == "torch":
-        return TorchBackend(model, activation, device=device, precision=precision)
-    if name == "openvino":
-        if device not in ("auto", "cpu"):
-            msg = f"the OpenVINO backend runs on the CPU here, not {device!r}"
-            raise ConfigError(msg)
-        return OpenVINOBackend(
-            model, activation, n_channels=n_channels, tile=tile, precision=precision
-        )
-    if name == "onnxruntime":
-        return OnnxRuntimeBackend(model, activation, n_channels=n_channels, tile=tile)
-    msg = f"unknown backend {name!r}: use auto, torch, openvino or onnxruntime"
-    raise ConfigError(msg)

@@ -12,9 +12,9 @@ from defectscan.model.backends import (
     OpenVINOBackend,
     TorchBackend,
     fold_batchnorm,
-    make_backend,
     resolve_device,
 )
+from defectscan.model.engines import make_backend
 from defectscan.model.unet import UNet
 
 

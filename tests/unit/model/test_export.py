@@ -18,10 +18,10 @@ import pytest
 
 from defectscan.model.backends import OpenVINOBackend, TorchBackend
 from defectscan.model.checkpoint import save_checkpoint
+from defectscan.model.engines import auto_cpu_backend
 from defectscan.model.export import (
     ENGINE_META,
     ExportError,
-    auto_cpu_backend,
     calibration_tiles,
     check_parity,
     engine_key,
@@ -197,7 +197,7 @@ def test_auto_falls_back_with_a_warning_when_engines_disagree(
 ) -> None:
     pytest.importorskip("openvino")
     net, spec = oracle_unet(tile=64, overlap=16)
-    from defectscan.model import export
+    from defectscan.model import engines
 
     def wrong(*args: object, **kwargs: object) -> object:
         class Broken:
@@ -210,8 +210,8 @@ def test_auto_falls_back_with_a_warning_when_engines_disagree(
 
         return Broken()
 
-    monkeypatch.setattr(export, "_cached_or_built", wrong)
-    with caplog.at_level(logging.WARNING, logger="defectscan.model.export"):
+    monkeypatch.setattr(engines, "_cached_or_built", wrong)
+    with caplog.at_level(logging.WARNING, logger="defectscan.model.engines"):
         backend = auto_cpu_backend(net, "sigmoid", n_channels=1, tile=64, spec=spec)
     assert isinstance(backend, TorchBackend)
     assert "does not match eager torch" in caplog.text
@@ -221,12 +221,11 @@ def test_export_from_a_checkpoint_file_via_the_cli(calib_dir: Path, tmp_path: Pa
     pytest.importorskip("openvino")
     from typer.testing import CliRunner
 
-    from defectscan.cli import _register_subcommands, app
+    from defectscan.cli import app
 
     net, spec = oracle_unet(tile=64, overlap=16)
     ckpt = tmp_path / "oracle.safetensors"
     save_checkpoint(net, spec, ckpt)
-    _register_subcommands()
     out = tmp_path / "ov"
     result = CliRunner().invoke(
         app, ["export", "--model", str(ckpt), "--format", "openvino", "--out", str(out)]
