@@ -4,6 +4,8 @@ Compares batched saves (one transaction per batch: one INSERT ... ON CONFLICT fo
 inspections, one bulk insert for their defects) with row-by-row saves (one transaction per
 inspection), on a SQLite file in WAL mode and on a throwaway PostgreSQL database.
 
+``bench.py``'s ``store`` section is :func:`run_store`; on its own:
+
     python benchmarks/bench_store.py [--n 2000] [--batch 200]
 
 Prints a table and writes JSON to ``var/bench/store.json``. PostgreSQL is taken from
@@ -23,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -35,10 +37,14 @@ from defectscan.store.db import (
     session_factory,
     upgrade_to_head,
 )
+from defectscan.store.inspection_writes import save_inspection, save_inspections
+from defectscan.store.model_versions import ensure_model_version
 from defectscan.store.records import DefectRecord, InspectionRecord
-from defectscan.store.repository import ensure_model_version, save_inspection, save_inspections
 
-__all__ = ["run"]
+if TYPE_CHECKING:  # types only: this benchmark runs on its own without importing torch
+    from bench_common import BenchConfig, Log
+
+__all__ = ["run", "run_store"]
 
 VERSION = "unet-bench-000000000000"
 PG_ADMIN_URL = os.environ.get(
@@ -180,6 +186,18 @@ def run(n: int = 2000, batch: int = 200) -> list[dict[str, Any]]:
             r["inspections_per_s"] / by_db[r["database"]]["row-by-row"], 1
         )
     return results
+
+
+def run_store(cfg: BenchConfig, notes: list[str], log: Log) -> list[dict[str, Any]]:
+    """The results-store write benchmark as a section of ``bench.py`` (:func:`run`)."""
+    log(f"store: {cfg.store_n} inspections per mode")
+    rows = run(cfg.store_n, cfg.store_batch)
+    if not any(r["database"] == "postgresql" for r in rows):
+        notes.append(
+            f"store: PostgreSQL unreachable at {PG_ADMIN_URL} "
+            "(set DEFECTSCAN_TEST_PG_URL): only SQLite measured"
+        )
+    return rows
 
 
 def main() -> None:

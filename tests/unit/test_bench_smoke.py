@@ -1,11 +1,14 @@
 """Smoke test of the benchmark harness: ``bench.py --quick`` runs and writes the promised JSON.
 
 It times nothing (tiny model, 0.2 s budgets); it checks that every engine row is produced with
-a rate and that the exported engines compute what eager PyTorch computes.
+a rate and that the exported engines compute what eager PyTorch computes. The harness is split
+into modules beside ``bench.py``; their imports go only down, and ``bench.py`` also imports
+as a module from outside ``benchmarks/``.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -18,6 +21,21 @@ __all__: list[str] = []
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks" / "bench.py"
+# Each file in benchmarks/ is a top-level module. Bottom up: a module may import a sibling only
+# from a lower layer, so there are no cycles; a file not listed here counts as a top-layer
+# entry point (it may import the modules below, and nothing may import it).
+BENCH_LAYERS: tuple[tuple[str, ...], ...] = (
+    ("bench_common",),
+    (
+        "bench_engines",
+        "bench_pipeline",
+        "bench_large",
+        "bench_store",
+        "bench_training",
+        "bench_tables",
+    ),
+    ("bench", "soak_monitor"),
+)
 CPU_ROWS = {
     "seed-naive",
     "torch-fp32-b8",
@@ -72,3 +90,55 @@ def test_quick_engines_run_writes_every_row_and_engines_match_torch(tmp_path: Pa
         assert rows[name]["max_abs_diff"] < 1e-4, name
     for name in ("torch-bf16-b8", "openvino-b8"):
         assert rows[name]["max_abs_diff"] < 2e-2, name
+
+
+def _sibling_imports(path: Path, siblings: set[str]) -> set[str]:
+    """The sibling modules ``path`` imports, wherever in the file (``TYPE_CHECKING`` too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & siblings
+
+
+def test_benchmark_modules_import_only_downwards() -> None:
+    modules = {path.stem: path for path in (REPO / "benchmarks").glob("*.py")}
+    assert set(BENCH_LAYERS[0]) <= set(modules)
+    top = len(BENCH_LAYERS)
+    layer = {name: i for i, names in enumerate(BENCH_LAYERS) for name in names}
+    for name, path in sorted(modules.items()):
+        for target in sorted(_sibling_imports(path, set(modules))):
+            assert layer.get(target, top) < layer.get(name, top), (
+                f"benchmarks/{name}.py imports {target}, which is not below it: imports go "
+                f"down only (layers, bottom up: {BENCH_LAYERS})"
+            )
+
+
+def test_bench_imports_as_a_module_from_another_directory(tmp_path: Path) -> None:
+    # Loaded by file path, not run as a script: bench.py must find its sibling modules itself.
+    code = f"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("bench", {str(BENCH)!r})
+bench = importlib.util.module_from_spec(spec)
+sys.modules["bench"] = bench
+spec.loader.exec_module(bench)
+cfg = bench.config_from_args(bench.build_parser().parse_args(["--quick", "--device", "cpu"]))
+missing = [name for name in bench.__all__ if not hasattr(bench, name)]
+print(json.dumps({{"missing": missing, "config": cfg.to_dict()}}))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["missing"] == []
+    config = result["config"]
+    assert config["sections"] == ["engines", "pipeline", "large", "store", "training"]
+    assert (config["width"], config["tile"], config["batch"]) == (8, 64, 8)
