@@ -10,34 +10,33 @@ lines, their cameras, sources, models, engines, thresholds, verdict rules, archi
 schedules. The environment wins over the file (``DEFECTSCAN_LINES__LINE3__ENGINE__DEVICE``
 reaches into a line). Secrets never live in the file: a password inside a URL there is an
 error; set ``DEFECTSCAN_DATABASE_URL`` / ``DEFECTSCAN_REDIS_URL`` in the environment instead.
+Finding, reading and checking the plant file live in :mod:`defectscan.plant_file`;
+:class:`ConfigIssue` and :func:`settings_file` are re-exported here.
 """
 
 from __future__ import annotations
 
-import contextvars
-import os
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
-)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from defectscan.errors import ConfigError
-
-if TYPE_CHECKING:
-    from defectscan import archive
+from defectscan.plant_file import (
+    SECRET_SETTINGS,
+    ConfigIssue,
+    PlantFileSource,
+    check_plant_file,
+    settings_file,
+    using_plant_file,
+)
 
 __all__ = [
     "ArchiveConfig",
@@ -64,8 +63,6 @@ LogFormat = Literal["text", "json"]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pt")
-# Settings whose URL may carry a password: only the environment may set one.
-_SECRET_ENV = {"database_url": "DEFECTSCAN_DATABASE_URL", "redis_url": "DEFECTSCAN_REDIS_URL"}
 
 
 def _check_device(value: str | None) -> str | None:
@@ -208,13 +205,6 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def _url_password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
 # --------------------------------------------------------------------------- models
 
 
@@ -262,18 +252,6 @@ class ArchiveConfig(BaseModel):
         default=50.0, gt=0, description="oldest images go first above this size (None: no cap)"
     )
     keep_rejected: bool = Field(default=True, description="keep inputs that were rejected")
-
-    def policy(self) -> archive.ArchivePolicy:
-        """The :class:`defectscan.archive.ArchivePolicy` this configuration describes."""
-        from defectscan.archive import ArchivePolicy
-
-        return ArchivePolicy(
-            pass_share=self.keep_pass_share,
-            margin=self.near_threshold_margin,
-            keep_rejected=self.keep_rejected,
-            max_age_days=self.max_age_days,
-            max_bytes=None if self.max_size_gb is None else int(self.max_size_gb * 1e9),
-        )
 
 
 class LineConfig(BaseModel):
@@ -494,7 +472,7 @@ class Settings(BaseSettings):
     def masked(self) -> dict[str, Any]:
         """The settings as plain JSON data with every URL password replaced by ``***``."""
         data = self.model_dump(mode="json")
-        for key in _SECRET_ENV:
+        for key in SECRET_SETTINGS:
             data[key] = mask_url(data[key])
         for line in data["lines"].values():
             if line.get("source"):
@@ -514,51 +492,11 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         yaml_path = settings_file()
         if yaml_path is not None:
-            sources.append(_PlantFileSource(settings_cls, yaml_file=yaml_path))
+            sources.append(PlantFileSource(settings_cls, yaml_file=yaml_path))
         return tuple(sources)
 
 
-class _PlantFileSource(YamlConfigSettingsSource):
-    """The YAML plant file, refused when it holds a secret."""
-
-    def __init__(self, settings_cls: type[BaseSettings], *, yaml_file: Path) -> None:
-        if not yaml_file.is_file():
-            msg = f"plant file {yaml_file} does not exist: fix DEFECTSCAN_CONFIG or --config"
-            raise ConfigError(msg)
-        super().__init__(settings_cls, yaml_file=yaml_file)
-        self._path = yaml_file
-
-    def __call__(self) -> dict[str, Any]:
-        data = super().__call__()
-        secrets = _secret_issues(data, {})
-        if secrets:
-            raise ConfigError(f"{self._path}: {secrets[0].message}")
-        return data
-
-
 # --------------------------------------------------------------------------- loading, checking
-
-_config_file_override: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
-    "defectscan_config_file", default=None
-)
-
-
-def settings_file() -> Path | None:
-    """The plant file in effect: ``load_settings(config_file=...)``, else ``DEFECTSCAN_CONFIG``."""
-    override = _config_file_override.get()
-    if override is not None:
-        return override
-    env = os.environ.get("DEFECTSCAN_CONFIG")
-    return Path(env) if env else None
-
-
-@contextmanager
-def _using_file(path: Path | None) -> Iterator[None]:
-    token = _config_file_override.set(path)
-    try:
-        yield
-    finally:
-        _config_file_override.reset(token)
 
 
 def load_settings(config_file: str | Path | None = None) -> Settings:
@@ -577,7 +515,7 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
             )
             raise ConfigError(msg)
     try:
-        with _using_file(path):
+        with using_plant_file(path):
             return Settings()
     except ValidationError as exc:
         problems = "; ".join(
@@ -593,149 +531,9 @@ def get_settings() -> Settings:
     return Settings()
 
 
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem in a plant file: where (YAML line, dotted key path) and what to do."""
-
-    line: int | None
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"line {self.line}" if self.line is not None else "file"
-        return f"{where}: {self.path or '(top level)'}: {self.message}"
-
-
 def check_config_file(path: str | Path) -> list[ConfigIssue]:
     """Every problem in plant file ``path``, each with its location; empty when it is valid.
 
     The file is checked on its own: the environment neither hides nor causes an error.
     """
-    import yaml
-
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        return [ConfigIssue(None, "", f"cannot read {p}: {exc.strerror or exc}")]
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        return [ConfigIssue(line, "", f"not valid YAML: {problem}")]
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        return [ConfigIssue(1, "", "the plant file must be a mapping of settings (key: value)")]
-    positions = _node_lines(root)
-    issues = _secret_issues(data, positions)
-    issues += _name_issues(data, positions)
-    try:
-        Settings.model_validate(data)
-    except ValidationError as exc:
-        for error in exc.errors():
-            issues.append(_issue_from_error(error, data, positions))
-    return sorted(issues, key=lambda i: (i.line or 0, i.path))
-
-
-def _node_lines(node: Any, prefix: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
-    """Key path -> 1-based YAML line of that key (or sequence item)."""
-    import yaml
-
-    out: dict[tuple[Any, ...], int] = {}
-    if node is None:
-        return out
-    if not prefix:
-        out[()] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            path = (*prefix, key)
-            out[path] = key_node.start_mark.line + 1
-            out.update(_node_lines(value_node, path))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            path = (*prefix, i)
-            out[path] = item.start_mark.line + 1
-            out.update(_node_lines(item, path))
-    return out
-
-
-def _issue_from_error(
-    error: Mapping[str, Any], data: Any, positions: Mapping[tuple[Any, ...], int]
-) -> ConfigIssue:
-    # Walk the error's location through the data: union tags and validator names in `loc`
-    # (e.g. 'function-after[...]', 'literal[...]') are not keys, so they are skipped.
-    node = data
-    path: list[Any] = []
-    for part in error["loc"]:
-        if isinstance(node, Mapping) and str(part) in {str(k) for k in node}:
-            key = next(k for k in node if str(k) == str(part))
-            path.append(key)
-            node = node[key]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            path.append(part)
-            node = node[part]
-        elif error["type"] in ("missing", "extra_forbidden") and part == error["loc"][-1]:
-            path.append(part)
-    line = None
-    for n in range(len(path), -1, -1):
-        if tuple(path[:n]) in positions:
-            line = positions[tuple(path[:n])]
-            break
-    message = str(error["msg"])
-    if error["type"] == "extra_forbidden":
-        message = "unknown setting: check the spelling (see `defectscan config show`)"
-    elif message.startswith("Value error, "):
-        message = message.removeprefix("Value error, ")
-    dotted = ".".join(str(p) for p in path)
-    return ConfigIssue(line, dotted, message)
-
-
-def _name_issues(
-    data: dict[str, Any], positions: Mapping[tuple[Any, ...], int]
-) -> list[ConfigIssue]:
-    """A line whose ``name`` differs from its key; fixed in ``data`` so it is reported once."""
-    issues: list[ConfigIssue] = []
-    lines = data.get("lines")
-    if not isinstance(lines, dict):
-        return issues
-    for key, line in lines.items():
-        if isinstance(line, dict) and "name" in line and line["name"] != key:
-            msg = f"line {key!r} has name {line['name']!r}: drop `name` or make it {key!r}"
-            path = ("lines", key, "name")
-            issues.append(ConfigIssue(positions.get(path), f"lines.{key}.name", msg))
-            lines[key] = {**line, "name": key}
-    return issues
-
-
-def _secret_issues(data: Any, positions: Mapping[tuple[Any, ...], int]) -> list[ConfigIssue]:
-    issues: list[ConfigIssue] = []
-    if not isinstance(data, Mapping):
-        return issues
-    for key, env in _SECRET_ENV.items():
-        value = data.get(key)
-        if isinstance(value, str) and _url_password(value):
-            msg = (
-                f"{key} holds a password; secrets never go in the plant file: drop {key} here "
-                f"and set {env} in the environment (with compose: docker/.env)"
-            )
-            issues.append(ConfigIssue(positions.get((key,)), key, msg))
-    lines = data.get("lines")
-    if isinstance(lines, Mapping):
-        for name, line in lines.items():
-            if not isinstance(line, Mapping):
-                continue
-            source = line.get("source")
-            if isinstance(source, str) and _url_password(source):
-                msg = (
-                    "the source URL holds a password; secrets never go in the plant file: "
-                    "write redis://HOST:PORT/DB?stream=NAME and set the password in "
-                    "DEFECTSCAN_REDIS_URL (a line's Redis source borrows its credentials)"
-                )
-                path = ("lines", name, "source")
-                issues.append(ConfigIssue(positions.get(path), f"lines.{name}.source", msg))
-    return issues
+    return check_plant_file(path, Settings)

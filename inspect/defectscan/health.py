@@ -208,8 +208,8 @@ def check_model(
             return False, f"{path}: no such checkpoint file (check the volume mount and path)"
         import numpy as np
 
-        from defectscan.model.engines import make_backend
         from defectscan.model.checkpoint import load_checkpoint
+        from defectscan.model.engines import make_backend
 
         ckpt = load_checkpoint(path)
         spec = ckpt.spec

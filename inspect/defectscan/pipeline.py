@@ -46,8 +46,8 @@ from defectscan.config import LineConfig
 from defectscan.errors import DefectscanError
 from defectscan.imaging import DecodedImage, decode, sha256_bytes, to_model_input
 from defectscan.model.backends import Backend, BackendName, Precision
-from defectscan.model.engines import make_backend
 from defectscan.model.checkpoint import Checkpoint, load_checkpoint
+from defectscan.model.engines import make_backend
 from defectscan.model.spec import ModelSpec
 from defectscan.postprocess import (
     Defect,

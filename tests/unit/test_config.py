@@ -102,7 +102,9 @@ def test_valid_file_loads_lines_engines_and_schedules(tmp_path: Path) -> None:
     assert settings.tiling_for("line3") == (256, 32)
     assert settings.tiling_for("line3", tile_size=512) == (512, 32)
     assert settings.archive_for("line3").keep_pass_share == 0.05
-    assert settings.archive_for("line3").policy().pass_share == 0.05
+    from defectscan.archive import ArchivePolicy
+
+    assert ArchivePolicy.from_config(settings.archive_for("line3")).pass_share == 0.05
     assert settings.retrain_schedule == "0 3 * * 0"
     assert settings.archive_dir == Path("/tmp/ds/archive")
     assert settings.database_url == "sqlite:////tmp/ds/defectscan.db"
