@@ -7,13 +7,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test lint bench soak services clean help
+.PHONY: demo test lint bench soak gpu-check services clean help
 
 help:
 	@echo "make demo   - generate a camera folder, train a small model, inspect, store results"
 	@echo "make test   - set up, check services, lint (ruff, mypy), run the test suite"
 	@echo "make bench  - side-by-side throughput benchmarks (JSON in var/bench/)"
 	@echo "make soak   - line monitor over 5,000 images: RSS growth, monitor vs inspect"
+	@echo "make gpu-check - on a lent GPU: gpu tests, GPU bench rows, capped real-data training (JSON)"
 
 $(STAMP): pyproject.toml .ci/install.sh
 	bash .ci/install.sh "$(PYTHON)" "$(VENV)"
@@ -50,6 +51,12 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(PY) benchmarks/soak_monitor.py $(SOAK_ARGS)
+
+# On a GPU machine (see benchmarks/gpu_check.py): one command, under 10 minutes, JSON summary
+# and checkpoint in $$OUT (or var/gpu-check). Without CUDA: a tiny dry run of the same steps.
+# The device machine gets no venv: `source .device/env.sh && make gpu-check PY=python3`.
+gpu-check:
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -187,6 +187,14 @@ def train_cmd(
         float | None,
         typer.Option("--neg-per-pos", help="Defect-free images per defect image per epoch."),
     ] = None,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option(
+            "--max-minutes",
+            min=0,
+            help="Wall-clock budget: start no epoch that would end after it.",
+        ),
+    ] = None,
     samples_per_epoch: Annotated[
         int | None,
         typer.Option(

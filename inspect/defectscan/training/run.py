@@ -41,6 +41,12 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(default=1e-4, ge=0)
     scheduler: Literal["cosine", "plateau"] = "cosine"
     patience: int = Field(default=6, ge=1, description="epochs without val IoU gain before stop")
+    max_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        description="wall-clock budget: no epoch starts that would end after it (calibration "
+        "and the checkpoint follow as usual)",
+    )
     min_delta: float = Field(default=1e-3, ge=0)
     val_fraction: float = Field(default=0.2, ge=0, lt=1)
     seed: int = 0

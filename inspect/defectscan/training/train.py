@@ -332,14 +332,21 @@ def _epochs(
         )
     )
     sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
+    started, done = time.perf_counter(), 0
     try:
         while loop.epoch < config.epochs and not run.stopped_early:
+            if done and _out_of_time(config, run.elapsed(), (time.perf_counter() - started) / done):
+                logger.info(
+                    "time budget of %s min reached after %d epochs", config.max_minutes, done
+                )
+                break
             torch.manual_seed(config.seed * 100_003 + loop.epoch)
             sampler.keys = _keys(config, run.data.train_frames, loop.epoch)
             losses, steps = _train_epoch(run, loader, len(sampler.keys))
             sync()
             _end_epoch(run, losses, steps)
             loop.epoch += 1
+            done += 1
     except KeyboardInterrupt as exc:
         if loop.best_epoch < 0:
             raise
@@ -352,6 +359,11 @@ def _epochs(
         raise TrainingInterrupted(partial) from exc
     finally:
         del loader  # stops persistent workers
+
+
+def _out_of_time(config: TrainConfig, elapsed_s: float, epoch_s: float) -> bool:
+    """Whether another epoch of ``epoch_s`` would end after ``config.max_minutes``."""
+    return config.max_minutes is not None and elapsed_s + epoch_s > 60.0 * config.max_minutes
 
 
 def _train_epoch(
