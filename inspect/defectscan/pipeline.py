@@ -18,7 +18,7 @@ cut and normalised on demand from the decoded pixels, probabilities are stitched
 rows, each band is thresholded as it is finished and spilled to an unlinked temporary file,
 and post-processing reads back only the region where some class fired; a region too large to
 hold as floats (over ``CLUSTER_BYTES``: a model firing over most of the frame) is
-post-processed band by band instead (:func:`~defectscan.postprocess.postprocess_bands`). A
+post-processed band by band instead (:func:`~defectscan.postprocess_bands.postprocess_bands`). A
 16k x 16k frame is inspected in about the memory of its decoded pixels and two uint8 frames.
 """
 
@@ -56,8 +56,8 @@ from defectscan.postprocess import (
     class_masks,
     defect_order,
     postprocess,
-    postprocess_bands,
 )
+from defectscan.postprocess_bands import postprocess_bands
 from defectscan.sources.base import ImageRecord
 from defectscan.store.records import DefectRecord, InspectionRecord
 from defectscan.tiling import (

@@ -37,7 +37,7 @@ FLOORS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("model", ["model", "model.spec", "model.unet", "model.checkpoint", "model.backends"]),
-    ("postprocess", ["postprocess"]),
+    ("postprocess", ["postprocess", "postprocess_bands"]),
     ("engines", ["model.export", "model.engines"]),
     ("pipeline", ["pipeline"]),
     (

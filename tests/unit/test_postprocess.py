@@ -18,8 +18,8 @@ from defectscan.postprocess import (
     PostprocessConfig,
     class_masks,
     postprocess,
-    postprocess_bands,
 )
+from defectscan.postprocess_bands import postprocess_bands
 
 H, W = 64, 96
 
