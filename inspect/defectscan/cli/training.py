@@ -80,7 +80,7 @@ _FIELD_OF_OPTION = {
     "target_frr": "target_false_reject_rate",
 }
 #: ``train`` options that are not training settings.
-_NOT_TRAINING = {"config", "parent", "do_register", "db", "as_json", "ctx"}
+_NOT_TRAINING = {"config", "parent", "do_register", "db", "as_json", "ctx", "init"}
 
 
 def recipe_path(name_or_path: str) -> Path:
@@ -230,6 +230,14 @@ def train_cmd(
     ] = 0.02,
     name: Annotated[str, typer.Option("--name", help="Model name in the registry.")] = "unet",
     parent: Annotated[str | None, typer.Option("--parent", help="Parent model version.")] = None,
+    init: Annotated[
+        str,
+        typer.Option(
+            "--init",
+            help="Weights to start from: scratch, champion (the registry's champion of --name: "
+            "fine-tuning) or a checkpoint file.",
+        ),
+    ] = "scratch",
     resume: Annotated[
         bool,
         typer.Option(
@@ -251,6 +259,10 @@ def train_cmd(
     params["layout"] = _check_layout(layout)
     params["class_weights"] = _parse_weights(class_weights)
     settings = _train_settings(ctx, params)
+    start, champion_version = _init_checkpoint(init, settings.get("name", name), db)
+    if start is not None:
+        settings["init"] = start
+        parent = parent or champion_version
     try:
         train_config = TrainConfig(**settings)
     except ValidationError as exc:
@@ -375,6 +387,26 @@ def train_cmd(
         f"wrote {result.checkpoint_path} ({result.version}) in {result.wall_s:.0f} s"
         + (f"; registered as {version_status}" if version_status else "")
     )
+
+
+def _init_checkpoint(init: str, name: str, db: str | None) -> tuple[Path | None, str | None]:
+    """``--init``: the checkpoint to start from and, for ``champion``, the champion's version."""
+    if init == "scratch":
+        return None, None
+    if init == "champion":
+        from defectscan.store import get_champion
+
+        with _session(db) as session:
+            champ = get_champion(session=session, name=name)
+            if champ is None or not champ.checkpoint_path:
+                msg = f"--init champion: model {name!r} has no champion in the registry yet"
+                raise typer.BadParameter(msg)
+            return Path(champ.checkpoint_path), champ.version
+    path = Path(init)
+    if not path.is_file():
+        msg = f"--init {init!r}: give scratch, champion or an existing checkpoint file"
+        raise typer.BadParameter(msg)
+    return path, None
 
 
 def _record_stopped_run(

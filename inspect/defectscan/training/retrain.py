@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -104,6 +105,9 @@ class RetrainRequest:
     margin: float = 0.01
     name: str | None = None
     flow_run_id: str | None = None
+    #: Weights to start from: ``champion`` (fine-tune it when it fits the data, else train from
+    #: scratch and say so), ``scratch``, or a checkpoint file.
+    init: str = "champion"
 
     def params(self) -> dict[str, Any]:
         """JSON-safe form, stored as the training run's ``params``."""
@@ -151,6 +155,9 @@ class RetrainOutcome:
     dataset_stats: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    #: The weights the candidate started from (``fine-tuned from <version>`` or ``scratch``,
+    #: with the reason when a champion did not fit).
+    init: str = ""
 
     @property
     def exit_code(self) -> int:
@@ -180,6 +187,8 @@ class RetrainOutcome:
             decision,
             "",
             f"Why: {self.reason or '-'}",
+            "",
+            f"Started from: {self.init or '-'}",
             "",
             f"Gate: `{self.metric}` on the fixed holdout, margin {self.margin}",
             "",
@@ -458,7 +467,6 @@ def run_retrain(
 ) -> RetrainOutcome:
     """Train a candidate on base + reviews, gate it on the fixed holdout, record everything."""
     from defectscan.training.registry import evaluate_and_promote, register_checkpoint
-    from defectscan.training.train import TrainConfig, train
 
     base = request.data or base
     holdout_dir = holdout_dir or Path(var_dir) / "retrain" / "holdout"
@@ -467,6 +475,7 @@ def run_retrain(
         with sessions.begin() as session:
             champ = get_champion(session=session, name=request.name)
             champion_before = champ.version if champ else None
+            champion_path = champ.checkpoint_path if champ else None
             name = request.name or (champ.name if champ else "unet")
             run = create_training_run(
                 session=session,
@@ -508,16 +517,18 @@ def run_retrain(
             outcome.dataset_stats = stats
             timings["data"] = time.perf_counter() - t0
             t1 = time.perf_counter()
-            settings = {**DEFAULT_RECIPE, "device": device, **request.recipe}
-            settings.update(
-                data=work / "data",
-                out=Path(var_dir) / "models" / f"{name}-run{run_id}.safetensors",
-                name=name,
-                training_run=str(run_id),
-                resume=False,
-                seed=seed,
+            start = resolve_init(request.init, champion_path)
+            fixed = {
+                "data": work / "data",
+                "out": Path(var_dir) / "models" / f"{name}-run{run_id}.safetensors",
+                "name": name,
+                "training_run": str(run_id),
+                "resume": False,
+                "seed": seed,
+            }
+            result, outcome.init = _train_from(
+                start, request, settings={**fixed, "device": device}, parent=champion_before
             )
-            result = train(TrainConfig(**settings), parent_version=champion_before)
             timings["train"] = time.perf_counter() - t1
             stats.update(n_train=result.n_train, n_val=result.n_val)
             t2 = time.perf_counter()
@@ -589,6 +600,60 @@ def run_retrain(
     return outcome
 
 
+def fine_tune_recipe() -> dict[str, Any]:
+    """The shipped ``fine-tune`` recipe (TrainConfig fields)."""
+    from importlib.resources import files
+
+    text = (files("defectscan.training") / "recipes" / "fine-tune.yaml").read_text()
+    loaded = yaml.safe_load(text) or {}
+    return {str(k): v for k, v in loaded.items()}
+
+
+def resolve_init(init: str, champion_path: str | None) -> Path | None:
+    """The checkpoint a retrain starts from: the champion's, a file, or None (scratch)."""
+    if init == "scratch":
+        return None
+    if init == "champion":
+        if champion_path is None:
+            logger.info("no champion yet: training from scratch")
+            return None
+        path = Path(champion_path)
+        if not path.is_file():
+            logger.warning("the champion's checkpoint %s is gone: training from scratch", path)
+            return None
+        return path
+    path = Path(init)
+    if not path.is_file():
+        msg = f"init checkpoint {path} does not exist (use champion, scratch or a file)"
+        raise RetrainError(msg)
+    return path
+
+
+def _train_from(
+    start: Path | None, request: RetrainRequest, *, settings: dict[str, Any], parent: str | None
+) -> tuple[Any, str]:
+    """Train the candidate, fine-tuning from ``start`` when it fits; (result, what it began from).
+
+    A start checkpoint whose architecture or classes do not fit the data is not an error for
+    a retrain: it trains from scratch with the default recipe and says so.
+    """
+    from defectscan.training.train import TrainConfig, train
+    from defectscan.training.warm_start import InitMismatchError
+
+    scratch = {**DEFAULT_RECIPE, **request.recipe, **settings}
+    if start is None:
+        return train(TrainConfig(**scratch), parent_version=parent), "scratch"
+    tuned = {**DEFAULT_RECIPE, **fine_tune_recipe(), **request.recipe, **settings, "init": start}
+    try:
+        result = train(TrainConfig(**tuned), parent_version=parent)
+    except InitMismatchError as exc:
+        logger.warning("%s; training from scratch", exc)
+        result = train(TrainConfig(**scratch), parent_version=parent)
+        return result, f"scratch ({exc})"
+    init_from = result.spec.metrics.get("init_from") or {}
+    return result, f"fine-tuned from {init_from.get('version', start.name)}"
+
+
 def _run_metrics(outcome: RetrainOutcome, training: dict[str, float] | None) -> dict[str, Any]:
     return {
         "candidate": outcome.candidate,
@@ -600,6 +665,7 @@ def _run_metrics(outcome: RetrainOutcome, training: dict[str, float] | None) -> 
         "holdout": outcome.side_by_side,
         "validation": training,
         "timings_s": outcome.timings_s,
+        "init": outcome.init,
     }
 
 
@@ -621,6 +687,7 @@ def outcome_of_run(run: TrainingRun) -> RetrainOutcome:
         dataset_stats=run.dataset_stats or {},
         timings_s=m.get("timings_s") or {},
         error=run.error,
+        init=m.get("init") or "",
     )
 
 

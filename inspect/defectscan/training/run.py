@@ -41,6 +41,13 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(default=1e-4, ge=0)
     scheduler: Literal["cosine", "plateau"] = "cosine"
     patience: int = Field(default=6, ge=1, description="epochs without val IoU gain before stop")
+    init: Path | None = Field(
+        default=None,
+        description="start from this checkpoint's weights (fine-tuning); None: random weights",
+    )
+    warmup_epochs: int = Field(
+        default=0, ge=0, description="epochs of linear learning-rate warm-up (cosine only)"
+    )
     max_minutes: float | None = Field(
         default=None,
         gt=0,

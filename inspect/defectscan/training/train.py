@@ -76,6 +76,7 @@ from defectscan.training.run import (
 )
 from defectscan.training.state import LoopState, compat_key, load_state, save_state, state_path
 from defectscan.training.validation import ValBatches, autocast, evaluate_model
+from defectscan.training.warm_start import apply_init, warm_start, with_warmup
 
 __all__ = [
     "TrainConfig",
@@ -147,7 +148,7 @@ def train(
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     amp_dtype = autocast_dtype(config.precision, device)
-    data = load_run_data(config)
+    data, start = warm_start(config, load_run_data(config))
     workers = config.num_workers if config.num_workers is not None else default_workers(device)
     logger.info(
         "training %s (%s, %d classes) on %d images, validating on %d, device %s, autocast %s, "
@@ -162,6 +163,9 @@ def train(
         workers,
     )
     fit = _build_fit(config, data.spec, device, amp_dtype)
+    if start is not None:
+        apply_init(fit.model, start)
+    fit.scheduler = with_warmup(fit.optimizer, fit.scheduler, config)
     compat = compat_key(
         data.spec,
         data.fingerprint,
@@ -510,6 +514,7 @@ def _finish(run: _Run, *, interrupted: bool) -> TrainResult:
     timings = {**run.timings, "finish_s": time.perf_counter() - t_fin}
     n_train, n_val = len(data.train_frames.images), len(data.val_samples)
     metrics: dict[str, Any] = {
+        **data.spec.metrics,  # init_from, when fine-tuned
         **final.flat(),
         "best_epoch": loop.best_epoch,
         "epochs_run": len(loop.history),
