@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test lint bench soak gpu-check services clean help
+.PHONY: demo test lint bench bench-finetune soak soak-stream serve-run gpu-check services clean help
 
 help:
 	@echo "make demo   - generate a camera folder, train a small model, inspect, store results"
@@ -49,8 +49,23 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
+# Fine-tuning from the champion vs training from scratch on new-looking parts (a few minutes).
+bench-finetune: $(STAMP)
+	$(PY) benchmarks/bench_finetune.py $(BENCH_ARGS)
+
 soak: $(STAMP)
 	$(PY) benchmarks/soak_monitor.py $(SOAK_ARGS)
+
+# Two monitors on one Redis stream, a promotion and two SIGKILLs: one row per image (PostgreSQL).
+soak-stream: $(STAMP)
+	bash .ci/services.sh
+	$(PY) benchmarks/soak_stream.py $(SOAK_ARGS)
+
+# defectscan serve on the example plant file for 15 minutes under load: its monitors' processes,
+# consumers, rows, retention events.
+serve-run: $(STAMP)
+	bash .ci/services.sh
+	$(PY) benchmarks/serve_run.py $(SERVE_RUN_ARGS)
 
 # On a GPU machine (see benchmarks/gpu_check.py): one command, under 10 minutes, JSON summary
 # and checkpoint in $$OUT (or var/gpu-check). Without CUDA: a tiny dry run of the same steps.

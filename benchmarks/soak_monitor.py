@@ -85,7 +85,8 @@ BATCH = 32  # images per micro-batch, the monitor's default
 
 def _monitor(folder: Path, db: str, model: Path, backend: str, archive: Path, batch: int) -> Any:
     from defectscan.archive import ArchivePolicy, ImageArchive
-    from defectscan.monitor import build_monitor, inspector_loader
+    from defectscan.monitor import inspector_loader
+    from defectscan.monitor_build import build_monitor
 
     return build_monitor(
         f"folder:{folder}",

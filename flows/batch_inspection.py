@@ -3,7 +3,13 @@
 Input: a folder, file or glob (``paths``), archived images (``sha256``), or a query over past
 inspections (``query_line``, ``camera``, ``since``, ``until``, ``verdict``) that re-inspects
 them under the model in use (by default the registry's champion). ``defectscan serve`` runs
-it per line on the line's ``batch_schedule`` over the inspections since the previous run.
+it per line on the line's ``batch_schedule`` over the period before the run's scheduled time.
+
+Ages in ``since``/``until`` (``8h``, ``1800s``) count back from the run's *scheduled* start,
+not from when it happens to start: a run that starts late (a busy runner, a queue behind a
+concurrency limit) still covers its own period, and consecutive scheduled runs tile the time
+without gaps. Every parameter is checked before anything is read or written
+(:mod:`defectscan.flow_params`): inputs and the report folder must lie under the allowed roots.
 
 The flow holds no logic: one task runs :func:`defectscan.batch.inspect_lot` (the one
 inspect-and-store loop: a re-run of the same lot writes nothing twice), one publishes what it
@@ -14,7 +20,8 @@ parts, and a link to the HTML report.
 from __future__ import annotations
 
 import re
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from prefect import flow, task
 from prefect.artifacts import (
@@ -23,6 +30,8 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from pydantic import Field
 
 from defectscan.batch import (
     BatchReport,
@@ -32,13 +41,26 @@ from defectscan.batch import (
     parse_time,
     summary_markdown,
 )
+from defectscan.flow_params import SHA256_PATTERN, check_batch
+from defectscan.orchestration import label_run_owner
 
-__all__ = ["artifact_key", "batch_inspection", "inspect_lot_task", "publish_batch"]
+__all__ = ["artifact_key", "batch_inspection", "inspect_lot_task", "publish_batch", "window_end"]
+
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
 
 
 def artifact_key(prefix: str, line: str | None) -> str:
     """An artifact key (lowercase letters, digits, dashes) for this line's batch artifacts."""
     return re.sub(r"[^a-z0-9-]+", "-", f"{prefix}-{line or 'lot'}".lower()).strip("-")
+
+
+def window_end() -> datetime:
+    """The time ages count back from: this flow run's scheduled start (now outside a run)."""
+    scheduled = flow_run.get_scheduled_start_time()
+    if scheduled is None:
+        return datetime.now(UTC)
+    # Prefect hands a pendulum DateTime: a plain, aware datetime from here on
+    return datetime.fromtimestamp(scheduled.timestamp(), tz=UTC)
 
 
 @task(name="inspect-lot", cache_policy=NO_CACHE, persist_result=False)
@@ -87,27 +109,45 @@ def publish_batch(report: BatchReport, line: str | None) -> None:
 
 @flow(name="batch-inspection", persist_result=False, log_prints=False)
 def batch_inspection(
-    paths: list[str] | None = None,
-    sha256: list[str] | None = None,
-    query_line: str | None = None,
-    camera: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
-    verdict: str | None = None,
-    model: str = "champion",
-    line: str | None = None,
-    report_dir: str | None = None,
-    title: str | None = None,
+    paths: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = None,
+    sha256: list[Annotated[str, Field(pattern=SHA256_PATTERN)]] | None = None,
+    query_line: Name | None = None,
+    camera: Name | None = None,
+    since: Annotated[str, Field(max_length=64)] | None = None,
+    until: Annotated[str, Field(max_length=64)] | None = None,
+    verdict: Literal["pass", "fail", "rejected"] | None = None,
+    model: Annotated[str, Field(min_length=1, max_length=4096)] = "champion",
+    line: Name | None = None,
+    report_dir: Annotated[str, Field(min_length=1, max_length=4096)] | None = None,
+    title: Annotated[str, Field(max_length=200)] | None = None,
 ) -> dict[str, Any]:
     """Inspect a lot (paths, archived sha256s or a query), store rows, report on it."""
+    from defectscan.config import get_settings
+
+    label_run_owner()
+    end = window_end()
     selection = BatchSelection(
         paths=tuple(paths or ()),
         sha256=tuple(sha256 or ()),
         query_line=query_line,
         camera=camera if (query_line or since or until or verdict) else None,
-        since=parse_time(since),
-        until=parse_time(until),
+        since=parse_time(since, now=end),
+        until=parse_time(until, now=end),
         verdict=verdict,
+    )
+    check_batch(
+        get_settings(),
+        paths=selection.paths,
+        sha256=selection.sha256,
+        query_line=query_line,
+        camera=camera,
+        since=selection.since,
+        until=selection.until,
+        verdict=verdict,
+        model=model,
+        line=line,
+        report_dir=report_dir,
+        title=title,
     )
     report = inspect_lot_task(selection, model, line, camera, report_dir, title)
     publish_batch(report, line)

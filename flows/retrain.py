@@ -8,18 +8,26 @@ one publishes the result: both models' holdout metrics side by side, the decisio
 At most one retrain runs at a time: the deployment's concurrency limit (1, later requests
 queued) across machines, and a lock under ``var/`` on each machine, which refuses a second
 run started outside Prefect.
+
+Every parameter is checked before anything trains (:func:`defectscan.flow_params.check_retrain`;
+the ranges are also in the signature, so Prefect refuses them first): the gate's ``margin`` lies
+in [0, 1] (a negative margin would promote a worse candidate to every monitor that follows
+``champion``), the recipe holds only valid TrainConfig fields, the data folder exists.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from pydantic import Field
 
+from defectscan.flow_params import check_retrain
+from defectscan.orchestration import label_run_owner
 from defectscan.training.retrain import (
     RetrainError,
     RetrainOutcome,
@@ -62,15 +70,24 @@ def publish_retrain(outcome: RetrainOutcome) -> None:
 
 @flow(name="retrain", persist_result=False, log_prints=False)
 def retrain(
-    reason: str | None = None,
-    requested_by: str | None = None,
+    reason: Annotated[str, Field(max_length=500)] | None = None,
+    requested_by: Annotated[str, Field(max_length=100)] | None = None,
     trigger: Trigger = "scheduled",
-    data: str | None = None,
+    data: Annotated[str, Field(min_length=1, max_length=4096)] | None = None,
     recipe: dict[str, Any] | None = None,
-    metric: str = "mean_iou",
-    margin: float = 0.01,
+    metric: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(/[A-Za-z0-9._-]+)?$")] = "mean_iou",
+    margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01,
 ) -> dict[str, Any]:
     """Retrain on the base dataset plus operator reviews; promote the candidate if it wins."""
+    check_retrain(
+        reason=reason,
+        requested_by=requested_by,
+        data=data,
+        recipe=recipe or {},
+        metric=metric,
+        margin=margin,
+    )
+    label_run_owner()
     request = RetrainRequest(
         trigger=trigger,
         requested_by=requested_by,

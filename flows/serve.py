@@ -1,40 +1,51 @@
-"""Every deployment of the plant, served with its schedule from one process.
+"""Every scheduled flow of the plant served from one process, and its line monitors beside it.
 
 ``defectscan serve`` builds the deployments from the settings (the plant file) and serves
 them with :func:`prefect.serve`:
 
-- ``line-monitor/monitor-<line>``: one per line with a source; a bounded run every
-  ``MONITOR_INTERVAL_S`` (each ends before the next is due), concurrency 1 (a run that comes
-  due while the last one still drains is cancelled, so a line never has two monitors);
 - ``batch-inspection/batch-<line>``: one per line with a ``batch_schedule`` (cron); it
-  re-inspects the line's parts since the previous scheduled run under the current champion
-  and publishes the report; concurrency 1, later runs queued;
+  re-inspects the line's parts of the period that ends at the run's *scheduled* time (a run
+  that starts late still covers its own period, and consecutive runs tile the day) under the
+  current champion and publishes the report; concurrency 1, later runs queued;
 - ``retrain/retrain``: on ``retrain_schedule`` (cron; operator-only without one), concurrency
   1 with later requests queued (``defectscan retrain`` submits to it).
 
+Line monitors are not deployments: a monitor is a long-lived process that owns its line's
+model, consumer name, archive retention and metrics, and reports bounded flow runs from inside
+itself. With ``monitors=True`` serve starts one ``defectscan monitor --line NAME`` per line
+with a source as a child process and supervises it (:mod:`defectscan.supervisor`: restarted
+with back-off, stopped when serve stops, each on its own /metrics port).
+
 Schedules are not paused when serve stops (a restarted serve picks them up as they were), the
-runner runs at most one flow run per deployment at once, and on start runs that a killed serve
-left Running or Pending are marked Crashed so they do not hold a concurrency slot forever.
+runner runs at most one flow run per deployment at once, and on start the runs that this serve
+instance left Running or Pending are marked Crashed so they do not hold a concurrency slot
+forever; runs of other serve processes are left alone (:mod:`defectscan.orchestration`).
 ``prefect.yaml`` at the repository root declares the same deployments for work pools.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
 from defectscan.config import Settings
-from defectscan.orchestration import crash_orphaned_runs
+from defectscan.orchestration import (
+    OWNER_ENV,
+    ServeIdentity,
+    crash_orphaned_runs,
+    retire_monitor_deployments,
+    serve_lock,
+)
+from defectscan.supervisor import Backoff, MonitorSupervisor, event_recorder, monitor_children
 from flows.batch_inspection import batch_inspection
-from flows.line_monitor import line_monitor
 from flows.retrain import retrain
 
 __all__ = [
-    "MONITOR_INTERVAL_S",
     "RETRAIN_DEPLOYMENT",
     "build_deployments",
     "cron_period",
@@ -44,8 +55,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: A line monitor's bounded runs start this often; each ends a little before the next.
-MONITOR_INTERVAL_S = 300
 RETRAIN_DEPLOYMENT = "retrain/retrain"
 
 
@@ -66,33 +75,18 @@ def _one(strategy: ConcurrencyLimitStrategy) -> ConcurrencyLimitConfig:
     return ConcurrencyLimitConfig(limit=1, collision_strategy=strategy)
 
 
-def build_deployments(settings: Settings, *, monitors: bool = True) -> list[RunnerDeployment]:
-    """The plant's deployments (monitors, batch inspections, retrain) with their schedules."""
+def build_deployments(
+    settings: Settings, *, identity: ServeIdentity | None = None
+) -> list[RunnerDeployment]:
+    """The plant's scheduled deployments (batch inspections, retrain); never a monitor.
+
+    With ``identity`` each deployment carries its serve instance's tag, which the flow runs
+    created from it inherit (see :func:`defectscan.orchestration.crash_orphaned_runs`).
+    """
     out: list[RunnerDeployment] = []
     module = EntrypointType.MODULE_PATH
+    owner = [identity.tag] if identity is not None else []
     for name, line in sorted(settings.lines.items()):
-        if monitors and line.source:
-            params: dict[str, Any] = {
-                "source": line.source,
-                "model": str(settings.model_for(name)),
-                "line": name,
-                "max_seconds": float(MONITOR_INTERVAL_S - 20),
-                "max_images": None,
-            }
-            out.append(
-                cast(
-                    RunnerDeployment,
-                    line_monitor.to_deployment(
-                        name=f"monitor-{name}",
-                        interval=timedelta(seconds=MONITOR_INTERVAL_S),
-                        parameters=params,
-                        concurrency_limit=_one(ConcurrencyLimitStrategy.CANCEL_NEW),
-                        tags=["defectscan", f"line:{name}", "monitor"],
-                        description=f"Line monitor of {name}: bounded runs back to back",
-                        entrypoint_type=module,
-                    ),
-                )
-            )
         if line.batch_schedule:
             out.append(
                 cast(
@@ -103,11 +97,13 @@ def build_deployments(settings: Settings, *, monitors: bool = True) -> list[Runn
                         parameters={
                             "line": name,
                             "query_line": name,
+                            # measured from the run's scheduled time, not from its start
                             "since": _seconds(cron_period(line.batch_schedule)),
+                            "until": "0s",
                             "title": f"{name}: parts since the previous batch run",
                         },
                         concurrency_limit=_one(ConcurrencyLimitStrategy.ENQUEUE),
-                        tags=["defectscan", f"line:{name}", "batch"],
+                        tags=["defectscan", f"line:{name}", "batch", *owner],
                         description=f"Batch inspection of {name} on its schedule",
                         entrypoint_type=module,
                     ),
@@ -121,7 +117,7 @@ def build_deployments(settings: Settings, *, monitors: bool = True) -> list[Runn
                 cron=settings.retrain_schedule,
                 parameters={"trigger": "scheduled"},
                 concurrency_limit=_one(ConcurrencyLimitStrategy.ENQUEUE),
-                tags=["defectscan", "retrain"],
+                tags=["defectscan", "retrain", *owner],
                 description="Retrain on base data + reviews; promote if it wins on the holdout",
                 entrypoint_type=module,
             ),
@@ -135,18 +131,52 @@ def runner_limit(deployments: list[RunnerDeployment]) -> int:
     return max(1, len(deployments))
 
 
-def serve_all(settings: Settings, *, monitors: bool = True) -> None:
-    """Crash what a killed serve left running, then serve every deployment until stopped."""
+def serve_all(
+    settings: Settings,
+    *,
+    monitors: bool = True,
+    instance: str | None = None,
+    backoff: Backoff | None = None,
+    stop_grace_s: float = 60.0,
+) -> None:
+    """Crash what this instance left running, start the monitors, serve until stopped."""
     from prefect import serve
 
-    deployments = build_deployments(settings, monitors=monitors)
-    crashed = crash_orphaned_runs([d.full_name for d in deployments])
-    if crashed:
-        logger.warning("marked %d orphaned run(s) crashed: %s", len(crashed), ", ".join(crashed))
-    logger.info("serving %s", ", ".join(d.full_name for d in deployments))
-    serve(
-        *deployments,
-        pause_on_shutdown=False,
-        print_starting_message=False,
-        limit=runner_limit(deployments),
-    )
+    identity = ServeIdentity.current(settings.var_dir, instance)
+    children = monitor_children(settings) if monitors else []
+    with serve_lock(identity, settings.var_dir):
+        # The runner starts flow runs as child processes with this environment: each run
+        # labels itself with this serve (defectscan.orchestration.label_run_owner).
+        os.environ[OWNER_ENV] = identity.encode()
+        deployments = build_deployments(settings, identity=identity)
+        crashed = crash_orphaned_runs(
+            [d.full_name for d in deployments], instance=identity.instance
+        )
+        if crashed:
+            logger.warning(
+                "marked %d orphaned run(s) crashed: %s", len(crashed), ", ".join(crashed)
+            )
+        retire_monitor_deployments(sorted(settings.lines))
+        supervisor = MonitorSupervisor(
+            children,
+            backoff=backoff,
+            stop_grace_s=stop_grace_s,
+            on_exit=event_recorder(settings.database_url),
+        )
+        logger.info(
+            "serve instance %s (%s): serving %s; monitors: %s",
+            identity.instance,
+            identity.process,
+            ", ".join(d.full_name for d in deployments),
+            ", ".join(c.name for c in children) or "none",
+        )
+        supervisor.start()
+        try:
+            serve(
+                *deployments,
+                pause_on_shutdown=False,
+                print_starting_message=False,
+                limit=runner_limit(deployments),
+            )
+        finally:
+            supervisor.stop()

@@ -1,14 +1,21 @@
 """Batch inspection of a lot: a folder or glob, a list of archived images, or a query.
 
 A lot goes through the one inspect-and-store loop (:func:`defectscan.service.inspect_and_store`),
-so a re-run of the same lot under the same model writes nothing twice (rows are unique on
-``(sha256, model version)``). What a quality engineer reads comes from the database rows of
-the lot, not from the run's own counters, so the report of a re-run equals the first one:
+so a re-run of the same lot under the same model writes nothing twice (batch rows are unique
+on ``(sha256, model version)``). What a quality engineer reads comes from the batch rows of
+the lot (a monitor's rows of the same images, keyed on their delivery, are not counted), not
+from the run's own counters, so the report of a re-run equals the first one:
 
 - per-class defect counts and the share of parts with each class,
 - the defect rate (failed parts / inspected parts) by camera,
 - the worst parts (most defect area, then highest score) with overlay thumbnails,
-- rejected inputs with their reasons, and references that could not be found at all.
+- rejected inputs with their reasons, and references that could not be found at all,
+- what the batch could not see: stored parts whose image bytes are not kept (the archive keeps
+  every failed part but only a sample of passes) are counted apart, by their stored verdict,
+  and left out of every rate; each rate carries the number of parts it is computed on.
+
+Images are streamed: a lot's references are resolved first (no bytes), then read and inspected
+a chunk at a time, so a lot of 10,000 archived images never sits in memory at once.
 
 Inputs:
 
@@ -25,11 +32,10 @@ import hashlib
 import logging
 import re
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -37,10 +43,11 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, selectinload
 
 from defectscan.archive import ArchiveError, ArchivePolicy, ImageArchive
-from defectscan.batch_records import BatchReport, MissingInput, PartRow
+from defectscan.batch_records import BatchReport, MissingInput, NotKept, PartRow
 from defectscan.errors import DefectscanError
 from defectscan.inputs import IMAGE_SUFFIXES, InputPathError, expand_inputs
 from defectscan.pipeline import InspectionResult, Inspector
+from defectscan.report import class_table, summary_markdown
 from defectscan.service import BatchOutcome, inspect_and_store, register_model
 from defectscan.sources.base import ImageRecord
 from defectscan.store.db import session_factory
@@ -52,7 +59,9 @@ __all__ = [
     "BatchInputError",
     "BatchReport",
     "BatchSelection",
+    "Lot",
     "MissingInput",
+    "NotKept",
     "PartRow",
     "class_table",
     "collect_records",
@@ -175,29 +184,92 @@ def _bytes_of(
     return None, f"image {sha256[:12]} is neither in the archive nor at its source ({uri or '-'})"
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """An image selected by sha256 or query, before its bytes are read."""
+
+    sha256: str
+    uri: str
+    source_uri: str | None
+    camera: str | None
+    line: str | None
+    captured_at: datetime | None
+    #: ``pass``/``fail`` or ``rejected``: how its latest stored inspection ended (None: never).
+    stored: str | None
+
+
+@dataclass
+class Lot:
+    """What a selection resolved to: files, stored images (bytes read when streamed) and
+    references that could not be resolved; ``not_kept`` fills while :meth:`chunks` runs."""
+
+    paths: list[Path] = field(default_factory=list)
+    stored: list[_Stored] = field(default_factory=list)
+    missing: list[MissingInput] = field(default_factory=list)
+    not_kept: list[NotKept] = field(default_factory=list)
+    line: str | None = None
+    camera: str | None = None
+    #: Every reference of the selection: files, stored images and unresolved ones.
+    selected: int = 0
+
+    def records(self, archive: ImageArchive | None) -> Iterator[ImageRecord]:
+        """The lot's records one at a time: a file's bytes are read when it is inspected, a
+        stored image's when it is yielded; an image whose bytes are not kept is noted in
+        ``not_kept`` and skipped."""
+        for path in self.paths:
+            yield ImageRecord.from_path(path, camera=self.camera, line=self.line)
+        for ref in self.stored:
+            data, why = _bytes_of(ref.sha256, ref.source_uri, archive)
+            if data is None:
+                if ref.stored is None:  # never inspected here, and not in the archive
+                    self.missing.append(MissingInput(ref.uri, why))
+                else:
+                    self.not_kept.append(NotKept(ref.uri, ref.sha256, ref.stored, why))
+                continue
+            yield ImageRecord(
+                id=f"sha256:{ref.sha256}",
+                uri=ref.uri,
+                data=data,
+                camera=ref.camera,
+                line=ref.line,
+                captured_at=ref.captured_at,
+                source="batch",
+            )
+
+    def chunks(self, archive: ImageArchive | None, size: int = 32) -> Iterator[list[ImageRecord]]:
+        """:meth:`records` in lists of at most ``size``: never the whole lot in memory."""
+        chunk: list[ImageRecord] = []
+        for record in self.records(archive):
+            chunk.append(record)
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
+def _stored_verdict(row: Inspection) -> str | None:
+    return "rejected" if row.status != "ok" else row.verdict
+
+
 def collect_records(
     selection: BatchSelection,
     *,
     session: Session | None,
-    archive: ImageArchive | None,
     line: str | None = None,
     camera: str | None = None,
-) -> tuple[list[ImageRecord], list[MissingInput]]:
-    """The records of a selection and the references that could not be found.
+) -> Lot:
+    """The selection resolved to a :class:`Lot` (no image bytes are read here).
 
     Records from paths carry ``line``/``camera`` as given; records from the archive or a query
     keep the line and camera of their latest inspection.
     """
-    records: list[ImageRecord] = []
-    missing: list[MissingInput] = []
-    seen: set[str] = set()
-    for path in _expand(selection.paths):
-        records.append(ImageRecord.from_path(path, camera=camera, line=line))
+    lot = Lot(paths=_expand(selection.paths), line=line, camera=camera)
     wanted: dict[str, Inspection | None] = {}
     for sha in selection.sha256:
         sha = sha.strip().lower()
         if not _SHA.match(sha):
-            missing.append(MissingInput(sha, "not a sha256 (64 hex digits)"))
+            lot.missing.append(MissingInput(sha, "not a sha256 (64 hex digits)"))
             continue
         wanted.setdefault(sha, None)
     if session is not None and wanted:
@@ -214,29 +286,25 @@ def collect_records(
         for found in _query(selection, session):
             wanted[found.sha256] = found
     for sha, row in wanted.items():
-        if sha in seen:
+        if row is None:
+            lot.stored.append(_Stored(sha, f"archive:{sha}", None, camera, line, None, None))
             continue
-        seen.add(sha)
-        uri = row.uri if row is not None else f"archive:{sha}"
-        data, why = _bytes_of(sha, row.uri if row is not None else None, archive)
-        if data is None:
-            missing.append(MissingInput(uri, why))
-            continue
-        records.append(
-            ImageRecord(
-                id=f"sha256:{sha}",
-                uri=uri,
-                data=data,
-                camera=row.camera if row is not None else camera,
-                line=row.line if row is not None else line,
-                captured_at=row.captured_at if row is not None else None,
-                source="batch",
+        lot.stored.append(
+            _Stored(
+                sha,
+                row.uri,
+                row.uri,
+                row.camera,
+                row.line,
+                row.captured_at,
+                _stored_verdict(row),
             )
         )
-    if not records and not missing:
+    lot.selected = len(lot.paths) + len(lot.stored) + len(lot.missing)
+    if not lot.selected:
         msg = f"the batch selects no images ({selection.describe()})"
         raise BatchInputError(msg)
-    return records, missing
+    return lot
 
 
 def _query(selection: BatchSelection, session: Session) -> list[Inspection]:
@@ -288,8 +356,13 @@ def run_batch(
     line: str | None = None,
     camera: str | None = None,
     title: str | None = None,
+    chunk_size: int = 16,
 ) -> BatchReport:
-    """Inspect a lot, store one row per image (idempotent), write the HTML report."""
+    """Inspect a lot, store one row per image (idempotent), write the HTML report.
+
+    Images are streamed ``chunk_size`` at a time. Stored images whose bytes are not kept
+    (the archive keeps every failed part but only a sample of passes) cannot be re-inspected:
+    they are counted apart (``not_kept``) and stay out of every rate."""
     from defectscan.report import batch_report_html
 
     started = datetime.now(UTC)
@@ -297,34 +370,35 @@ def run_batch(
     thumbs = report_dir / "overlays"
     sessions = session_factory(engine, write=True)
     with sessions() as session:
-        records, missing = collect_records(
-            selection, session=session, archive=archive, line=line, camera=camera
-        )
-    writer = ResultWriter(engine, batch_size=32)
+        lot = collect_records(selection, session=session, line=line, camera=camera)
+    writer = ResultWriter(engine, batch_size=chunk_size)
     register_model(writer, inspector)
     names = list(inspector.spec.class_names)
     thumb_of: dict[str, str] = {}
-    lot: list[str] = []
+    seen: list[str] = []
 
     def draw(result: InspectionResult) -> tuple[str | None, str | None]:
-        lot.append(result.sha256)
+        seen.append(result.sha256)
         path = _thumbnail(result, thumbs, names)
         if path is not None:
             thumb_of[result.sha256] = path
         return None, path
 
     outcome = BatchOutcome()
-    if records:
-        outcome = inspect_and_store(
-            records,
-            inspector=inspector,
-            writer=writer,
-            archive=archive,
-            on_result=draw,
-            keep_images=True,
+    # A chunk at a time: image bytes are read as their chunk comes, never the whole lot.
+    for chunk in lot.chunks(archive, size=chunk_size):
+        outcome.merge(
+            inspect_and_store(
+                chunk,
+                inspector=inspector,
+                writer=writer,
+                archive=archive,
+                on_result=draw,
+                keep_images=True,
+            )
         )
     with sessions() as session:
-        parts = _parts(session, list(dict.fromkeys(lot)), inspector.model_version)
+        parts = _parts(session, list(dict.fromkeys(seen)), inspector.model_version)
     for p in parts:
         p.thumbnail = thumb_of.get(p.sha256)
     report = BatchReport(
@@ -334,26 +408,33 @@ def run_batch(
         class_names=names,
         started_at=started,
         finished_at=datetime.now(UTC),
-        inputs=len(records) + len(missing),
+        inputs=lot.selected,
         inserted=outcome.inserted,
         duplicates=outcome.duplicates,
         parts=parts,
-        missing=missing,
+        missing=lot.missing,
+        not_kept=lot.not_kept,
     )
     report.report_path = batch_report_html(report, report_dir / "report.html")
     logger.info(
-        "batch %s: %d parts, %d failed, %d rejected, %d missing; report %s",
+        "batch %s: %d parts, %d failed, %d rejected, %d not kept, %d missing; report %s",
         report.selection,
         len(parts),
         report.failed,
         len(report.rejected),
-        len(missing),
+        len(lot.not_kept),
+        len(lot.missing),
         report.report_path,
     )
     return report
 
 
 def _parts(session: Session, shas: Sequence[str], model_version: str) -> list[PartRow]:
+    """The batch rows of ``shas`` under ``model_version``, in the order given.
+
+    Only rows without a source identity: a monitor's row of the same image under the same
+    model (keyed on its delivery) is not part of the batch and would count the part twice.
+    """
     if not shas:
         return []
     rows: list[Inspection] = []
@@ -363,6 +444,7 @@ def _parts(session: Session, shas: Sequence[str], model_version: str) -> list[Pa
             .join(ModelVersion, Inspection.model_version_id == ModelVersion.id)
             .where(
                 ModelVersion.version == model_version,
+                Inspection.source_key.is_(None),
                 Inspection.sha256.in_(list(shas[start : start + 500])),
             )
             .options(selectinload(Inspection.defects))
@@ -388,70 +470,6 @@ def _parts(session: Session, shas: Sequence[str], model_version: str) -> list[Pa
             )
         )
     return out
-
-
-# --------------------------------------------------------------------------- summaries
-
-
-def _pct(value: float | int | None) -> str:
-    return "-" if value is None else f"{100 * float(value):.1f}%"
-
-
-def class_table(report: BatchReport) -> list[dict[str, Any]]:
-    """Rows of the per-class table: class, defects, parts, rate (and a total row)."""
-    rows: list[dict[str, Any]] = [
-        {"class": name, "defects": c["defects"], "parts": c["parts"], "rate": _pct(c["rate"])}
-        for name, c in report.per_class().items()
-    ]
-    rows.append(
-        {
-            "class": "any (failed parts)",
-            "defects": sum(p.n_defects for p in report.parts),
-            "parts": report.failed,
-            "rate": _pct(report.defect_rate),
-        }
-    )
-    return rows
-
-
-def summary_markdown(report: BatchReport, *, worst: int = 10) -> str:
-    """A markdown summary: counts, rate by camera, the worst parts, rejected and missing inputs."""
-    lines = [
-        f"# {report.title}",
-        "",
-        f"Model `{report.model_version}`; {len(report.parts)} parts: {report.inspected} "
-        f"inspected, {report.failed} failed ({_pct(report.defect_rate)}), "
-        f"{len(report.rejected)} rejected, {len(report.missing)} not found. "
-        f"New rows {report.inserted}, already stored {report.duplicates}.",
-        "",
-        "## Defect rate by camera",
-        "",
-        "| camera | inspected | failed | rejected | rate |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for camera, c in report.by_camera().items():
-        lines.append(
-            f"| {camera} | {c['inspected']} | {c['failed']} | {c['rejected']} | {_pct(c['rate'])} |"
-        )
-    lines += ["", f"## Worst parts (top {worst})", ""]
-    bad = report.worst(worst)
-    if bad:
-        lines += ["| part | camera | defects | area px | max score |", "|---|---|---:|---:|---:|"]
-        lines += [
-            f"| `{p.uri}` | {p.camera or '-'} | "
-            + ", ".join(f"{n} {c}" for c, n in sorted(p.classes.items()))
-            + f" | {p.defect_area} | {p.max_score:.2f} |"
-            for p in bad
-        ]
-    else:
-        lines.append("No failed parts.")
-    if report.rejected or report.missing:
-        lines += ["", "## Rejected inputs", ""]
-        lines += [f"- `{p.uri}`: {p.error_kind}: {p.error_message}" for p in report.rejected]
-        lines += [f"- `{m.ref}`: not found: {m.reason}" for m in report.missing]
-    if report.report_path is not None:
-        lines += ["", f"Report: `{report.report_path}`"]
-    return "\n".join(lines) + "\n"
 
 
 def inspect_lot(

@@ -1,5 +1,11 @@
-"""What a batch inspection found, as plain records: the lot's parts, what could not be found,
+"""What a batch inspection found, as plain records: the lot's parts, what could not be seen,
 and the per-class and per-camera figures computed from them.
+
+What a batch could not see is counted apart and kept out of every rate: references that could
+not be found (``missing``) and stored parts whose image bytes are not kept (``not_kept``: the
+archive keeps every failed part but only a sample of passes, so a re-inspection of past parts
+sees mostly the failed ones). Each rate carries the number of parts it is computed on (``n``),
+and :attr:`BatchReport.coverage_note` says plainly what the rates leave out.
 
 :mod:`defectscan.batch` builds a :class:`BatchReport` from the database rows of a lot;
 :mod:`defectscan.report` renders it as HTML. Both import this module, never each other the
@@ -8,13 +14,13 @@ other way round.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BatchReport", "MissingInput", "PartRow"]
+__all__ = ["BatchReport", "MissingInput", "NotKept", "PartRow"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,17 @@ class MissingInput:
     """A reference that could not be turned into image bytes, and why."""
 
     ref: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class NotKept:
+    """A selected, already stored part whose image bytes are not kept: it cannot be seen."""
+
+    ref: str
+    sha256: str
+    #: How its latest stored inspection ended: pass, fail or rejected.
+    stored: str | None
     reason: str
 
 
@@ -59,6 +76,7 @@ class BatchReport:
     duplicates: int
     parts: list[PartRow] = field(default_factory=list)
     missing: list[MissingInput] = field(default_factory=list)
+    not_kept: list[NotKept] = field(default_factory=list)
     report_path: Path | None = None
 
     @property
@@ -81,18 +99,50 @@ class BatchReport:
         """Failed parts / inspected parts."""
         return self.failed / self.inspected if self.inspected else None
 
+    def not_kept_by_verdict(self) -> dict[str, int]:
+        """Parts not seen because their bytes are not kept, by their stored verdict."""
+        return dict(sorted(Counter(n.stored or "unknown" for n in self.not_kept).items()))
+
+    @property
+    def coverage_note(self) -> str | None:
+        """A plain sentence on what the rates leave out (None when the batch saw everything)."""
+        if not self.not_kept and not self.missing:
+            return None
+        said = []
+        if self.not_kept:
+            verdicts = ", ".join(f"{n} {v}" for v, n in self.not_kept_by_verdict().items())
+            said.append(
+                f"{len(self.not_kept)} selected part(s) could not be re-inspected because their "
+                f"images are not kept ({verdicts} when stored): the archive keeps every failed "
+                "part but only a sample of passes, so the parts that could be seen lean toward "
+                "failures"
+            )
+        if self.missing:
+            said.append(f"{len(self.missing)} reference(s) were not found")
+        return (
+            "; ".join(said)
+            + f". Every rate below is over the {self.inspected} part(s) inspected in this "
+            "batch, not over the whole selection."
+        )
+
     def per_class(self) -> dict[str, dict[str, float | int | None]]:
-        """Per class: defects found, parts with the class, and that share of inspected parts."""
+        """Per class: defects found, parts with the class, and that share of the ``n``
+        inspected parts."""
         out: dict[str, dict[str, float | int | None]] = {}
+        n = self.inspected
         for name in self.class_names:
             defects = sum(p.classes.get(name, 0) for p in self.parts)
             parts = sum(1 for p in self.parts if p.classes.get(name))
-            rate = parts / self.inspected if self.inspected else None
-            out[name] = {"defects": defects, "parts": parts, "rate": rate}
+            out[name] = {
+                "defects": defects,
+                "parts": parts,
+                "rate": parts / n if n else None,
+                "n": n,
+            }
         return out
 
     def by_camera(self) -> dict[str, dict[str, float | int | None]]:
-        """Per camera: inspected, failed, rejected parts and the defect rate."""
+        """Per camera: inspected, failed, rejected parts and the defect rate over ``n``."""
         groups: dict[str, list[PartRow]] = defaultdict(list)
         for p in self.parts:
             groups[p.camera or "-"].append(p)
@@ -106,6 +156,7 @@ class BatchReport:
                 "failed": failed,
                 "rejected": len(rows) - ok,
                 "rate": failed / ok if ok else None,
+                "n": ok,
             }
         return out
 
@@ -128,9 +179,13 @@ class BatchReport:
             "failed": self.failed,
             "rejected": len(self.rejected),
             "missing": [asdict(m) for m in self.missing],
+            "not_kept": len(self.not_kept),
+            "not_kept_by_verdict": self.not_kept_by_verdict(),
+            "coverage_note": self.coverage_note,
             "inserted": self.inserted,
             "duplicates": self.duplicates,
             "defect_rate": self.defect_rate,
+            "defect_rate_n": self.inspected,
             "per_class": self.per_class(),
             "by_camera": self.by_camera(),
             "rejected_inputs": [

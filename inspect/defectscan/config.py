@@ -9,7 +9,10 @@ The plant file (``DEFECTSCAN_CONFIG``, or ``defectscan config check FILE``) desc
 lines, their cameras, sources, models, engines, thresholds, verdict rules, archive policy and
 schedules. The environment wins over the file (``DEFECTSCAN_LINES__LINE3__ENGINE__DEVICE``
 reaches into a line). Secrets never live in the file: a password inside a URL there is an
-error; set ``DEFECTSCAN_DATABASE_URL`` / ``DEFECTSCAN_REDIS_URL`` in the environment instead.
+error (``user:PASSWORD@`` or a query parameter like ``?password=``); set
+``DEFECTSCAN_DATABASE_URL`` / ``DEFECTSCAN_REDIS_URL`` in the environment instead. Every Redis
+connection takes its credentials from ``DEFECTSCAN_REDIS_URL`` when its own URL names none
+(:func:`with_redis_credentials`).
 Finding, reading and checking the plant file live in :mod:`defectscan.plant_file`;
 :class:`ConfigIssue` and :func:`settings_file` are re-exported here.
 """
@@ -29,12 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from defectscan.errors import ConfigError
+from defectscan.masking import mask_secrets
 from defectscan.plant_file import (
-    SECRET_SETTINGS,
     ConfigIssue,
     PlantFileSource,
     check_plant_file,
     settings_file,
+    url_secrets,
     using_plant_file,
 )
 
@@ -54,6 +58,8 @@ __all__ = [
     "parse_model_ref",
     "parse_source",
     "settings_file",
+    "url_secrets",
+    "with_redis_credentials",
 ]
 
 Device = Literal["auto", "cpu", "cuda"] | str
@@ -117,12 +123,26 @@ class SourceSpec:
             raise ConfigError(msg)
         if self.url is None:
             return settings_redis_url
-        own = urlsplit(self.url)
-        env = urlsplit(settings_redis_url)
+        return with_redis_credentials(self.url, settings_redis_url)
+
+
+def with_redis_credentials(url: str, credentials_url: str | None) -> str:
+    """``url`` with the user and password of ``credentials_url`` (``DEFECTSCAN_REDIS_URL``).
+
+    A URL that names its own user or password, or a ``credentials_url`` without any, leaves
+    ``url`` as it is. Only the user info is borrowed: host, database and query stay ``url``'s.
+    """
+    if not credentials_url:
+        return url
+    try:
+        own = urlsplit(url)
+        env = urlsplit(credentials_url)
         if own.username or own.password or not (env.username or env.password):
-            return self.url
-        auth = env.netloc.rsplit("@", 1)[0]
-        return urlunsplit(own._replace(netloc=f"{auth}@{own.netloc}"))
+            return url
+    except ValueError:
+        return url
+    auth = env.netloc.rsplit("@", 1)[0]
+    return urlunsplit(own._replace(netloc=f"{auth}@{own.netloc}"))
 
 
 def parse_source(text: str) -> SourceSpec:
@@ -192,17 +212,20 @@ def parse_model_ref(text: str) -> ModelRef:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (safe to print and log)."""
+    """``url`` with its password and secret query values replaced by ``***`` (safe to show).
+
+    Text that is not a single URL (an error message quoting one) is masked the same way.
+    """
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
-        return url
-    if not password:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+        return mask_secrets(url)
+    if password:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        url = urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return mask_secrets(url)
 
 
 # --------------------------------------------------------------------------- models
@@ -292,6 +315,13 @@ class LineConfig(BaseModel):
     batch_schedule: str | None = Field(
         default=None, description="cron schedule of the batch inspection of this line's backlog"
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="port of this line's monitor /metrics (default: Settings.metrics_port; "
+        "0: none); give each line on a host its own",
+    )
 
     @field_validator("thresholds")
     @classmethod
@@ -365,6 +395,17 @@ class Settings(BaseSettings):
         default="", description="SQLAlchemy URL; empty means a SQLite file under var_dir"
     )
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_memory_warn_share: float = Field(
+        default=0.8,
+        gt=0.0,
+        le=1.0,
+        description="`defectscan health` warns when Redis uses this share of its maxmemory",
+    )
+    stream_max_len: int = Field(
+        default=10_000,
+        ge=1,
+        description="entries a stream may hold before `enqueue` waits for the consumers (cap)",
+    )
     model_path: Path | None = None
     backend: BackendName = "auto"
     device: Device = "auto"
@@ -391,6 +432,11 @@ class Settings(BaseSettings):
     retrain_recipe: dict[str, Any] = Field(
         default_factory=dict,
         description="training options of retraining (TrainConfig fields, e.g. epochs, lr)",
+    )
+    batch_roots: list[Path] = Field(
+        default_factory=list,
+        description="folders batch inputs and reports may lie under, besides var_dir "
+        "(empty: the working directory)",
     )
     lines: dict[str, LineConfig] = Field(default_factory=dict)
 
@@ -471,13 +517,9 @@ class Settings(BaseSettings):
 
     def masked(self) -> dict[str, Any]:
         """The settings as plain JSON data with every URL password replaced by ``***``."""
-        data = self.model_dump(mode="json")
-        for key in SECRET_SETTINGS:
-            data[key] = mask_url(data[key])
-        for line in data["lines"].values():
-            if line.get("source"):
-                line["source"] = mask_url(line["source"])
-        return data
+        masked = _mask_strings(self.model_dump(mode="json"))
+        assert isinstance(masked, dict)
+        return masked
 
     @classmethod
     def settings_customise_sources(
@@ -523,6 +565,17 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
         )
         msg = f"invalid DEFECTSCAN_* environment settings: {problems}"
         raise ConfigError(msg) from None
+
+
+def _mask_strings(data: Any) -> Any:
+    """``data`` (JSON-like) with every string's URL secrets masked."""
+    if isinstance(data, str):
+        return mask_url(data)
+    if isinstance(data, dict):
+        return {key: _mask_strings(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_mask_strings(value) for value in data]
+    return data
 
 
 @lru_cache(maxsize=1)

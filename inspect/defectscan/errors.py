@@ -15,6 +15,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageTooLargeError",
     "NotAnImageError",
+    "PlantFault",
     "RejectedInputError",
     "SourceError",
     "StoreError",
@@ -115,3 +116,14 @@ class DatasetError(DefectscanError):
     """A training dataset (folder layout, image/mask pair, mask values) cannot be used."""
 
     kind = "dataset"
+
+
+class PlantFault(DefectscanError):  # noqa: N818 (the name the sources and monitor agreed on)
+    """A fault of the plant, not of the image: a full or read-only volume, a database or broker
+    that refuses work, an unwritable folder, a model that does not fit the line's rules.
+
+    The line monitor pauses on it and hands its batch back without charging the deliveries:
+    the images are not to blame, and none of them may end in quarantine because of it.
+    """
+
+    kind = "plant_fault"

@@ -3,11 +3,18 @@
 ``defectscan health`` runs them and prints one line per check; the containers' healthchecks
 call it. Checks are cheap and change nothing: the database is queried for its Alembic revision
 (never upgraded), a model is loaded and runs one tiny tile, the archive gets a test file that
-is deleted again.
+is deleted again. A check can pass with a warning (``warn``, exit code 0): Redis close to its
+``maxmemory`` (``redis_memory_warn_share``), without a ``maxmemory``, or with an eviction policy
+that could drop stream entries.
+
+Redis is reached with the credentials of ``DEFECTSCAN_REDIS_URL``, like every monitor; the
+Prefect API with ``PREFECT_API_AUTH_STRING`` when it is set (Prefect's basic authentication):
+a wrong password fails the check instead of leaving the services to fail one by one.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import shutil
@@ -20,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from defectscan.config import ModelRef, ResolvedEngine, Settings, mask_url
+from defectscan.config import ModelRef, ResolvedEngine, Settings, mask_url, with_redis_credentials
 from defectscan.errors import DefectscanError
 
 __all__ = [
@@ -40,21 +47,27 @@ logger = logging.getLogger(__name__)
 #: Every check, in the order they run.
 CHECKS: tuple[str, ...] = ("database", "redis", "model", "archive", "prefect")
 _GB = 1e9
+_MB = 1024 * 1024
 _PROBE_TILE = 32  # pixels: enough for the UNet's four poolings, cheap on any engine
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    """The outcome of one check: ``ok``, or a one-line reason that says what to do."""
+    """The outcome of one check: ``ok``, or a one-line reason that says what to do.
+
+    ``warning`` marks a check that passed but needs attention soon (it does not fail).
+    """
 
     name: str
     ok: bool
     detail: str
     seconds: float = 0.0
+    warning: bool = False
 
     def line(self) -> str:
-        """``ok   NAME  detail`` or ``FAIL NAME  detail``: one line."""
-        return f"{'ok  ' if self.ok else 'FAIL'} {self.name:<10} {self.detail}"
+        """``ok   NAME  detail``, ``warn NAME  detail`` or ``FAIL NAME  detail``: one line."""
+        label = "FAIL" if not self.ok else "warn" if self.warning else "ok  "
+        return f"{label} {self.name:<10} {self.detail}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -67,6 +80,10 @@ def _first_line(exc: BaseException) -> str:
     return mask_url(text[0] if text else type(orig).__name__)
 
 
+class _Warning(str):
+    """A check's detail that passes with a warning."""
+
+
 def _timed(name: str, fn: Callable[[], tuple[bool, str]]) -> CheckResult:
     started = time.perf_counter()
     try:
@@ -76,7 +93,8 @@ def _timed(name: str, fn: Callable[[], tuple[bool, str]]) -> CheckResult:
     except Exception as exc:  # a check reports any failure (engines, drivers) as its one line
         logger.debug("health check %s failed", name, exc_info=True)
         ok, detail = False, f"{type(exc).__name__}: {_first_line(exc)}"
-    return CheckResult(name, ok, detail, round(time.perf_counter() - started, 3))
+    warning = ok and isinstance(detail, _Warning)
+    return CheckResult(name, ok, str(detail), round(time.perf_counter() - started, 3), warning)
 
 
 def _missing_sqlite_file(url: str) -> bool:
@@ -128,25 +146,75 @@ def check_database(url: str, *, timeout_s: float = 5.0, name: str = "database") 
     return _timed(name, run)
 
 
-def check_redis(url: str, *, timeout_s: float = 5.0, name: str = "redis") -> CheckResult:
-    """Redis answers PING."""
+def check_redis(
+    url: str,
+    *,
+    timeout_s: float = 5.0,
+    name: str = "redis",
+    memory_warn_share: float = 0.8,
+    credentials_url: str | None = None,
+) -> CheckResult:
+    """Redis answers PING with our credentials, and has room: a warning at
+    ``memory_warn_share`` of its ``maxmemory``, without one, or with an evicting policy.
+
+    ``credentials_url`` (default ``DEFECTSCAN_REDIS_URL``) lends its user and password to a
+    ``url`` that names none, as it does for every monitor.
+    """
 
     def run() -> tuple[bool, str]:
         import redis
 
+        if credentials_url is None:
+            lender = os.environ.get("DEFECTSCAN_REDIS_URL")
+        else:
+            lender = credentials_url
+        full = with_redis_credentials(url, lender)
         shown = mask_url(url)
         client = redis.Redis.from_url(
-            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+            full, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
         )
         try:
             client.ping()
+            memory: Any = client.info("memory")
+        except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+            return False, (
+                f"{shown}: Redis refused our credentials ({_first_line(exc)}): set the password "
+                "in DEFECTSCAN_REDIS_URL (redis://:PASSWORD@HOST:6379/0)"
+            )
         except redis.exceptions.RedisError as exc:
             return False, f"{shown}: no answer to PING: {_first_line(exc)}"
         finally:
             client.close()
-        return True, f"{shown}: PONG"
+        return True, _redis_memory(shown, memory, memory_warn_share)
 
     return _timed(name, run)
+
+
+def _redis_memory(shown: str, memory: dict[str, Any], warn_share: float) -> str:
+    """``PONG`` and the memory figures; a :class:`_Warning` when Redis may run out of room."""
+    used = int(memory.get("used_memory") or 0)
+    limit = int(memory.get("maxmemory") or 0)
+    policy = str(memory.get("maxmemory_policy") or "noeviction")
+    if limit <= 0:
+        return _Warning(
+            f"{shown}: PONG, but no maxmemory is set ({used / _MB:.0f} MB used): a backlog can "
+            "take the host's memory; set maxmemory and maxmemory-policy noeviction "
+            "(docker/compose.yaml does)"
+        )
+    share = used / limit
+    figures = f"{used / _MB:.0f} of {limit / _MB:.0f} MB maxmemory ({share:.0%})"
+    if policy != "noeviction":
+        return _Warning(
+            f"{shown}: PONG, {figures}, but maxmemory-policy {policy} evicts keys: stream "
+            "entries (images) can vanish; set maxmemory-policy noeviction"
+        )
+    if share >= warn_share:
+        return _Warning(
+            f"{shown}: PONG, but {figures}, at or above redis_memory_warn_share="
+            f"{warn_share:g}: the line monitors are behind or stopped (streams hold what is "
+            "not yet acknowledged); start or scale out monitors, or raise maxmemory"
+        )
+    return f"{shown}: PONG, {figures}"
 
 
 def resolve_model(ref: ModelRef, *, database_url: str | None) -> Path:
@@ -255,16 +323,26 @@ def check_archive(path: Path, *, min_free_gb: float, name: str = "archive") -> C
     return _timed(name, run)
 
 
-def check_prefect(api_url: str, *, timeout_s: float = 5.0, name: str = "prefect") -> CheckResult:
-    """The Prefect API answers ``GET {api_url}/health``."""
+def check_prefect(
+    api_url: str,
+    *,
+    timeout_s: float = 5.0,
+    name: str = "prefect",
+    auth_string: str | None = None,
+) -> CheckResult:
+    """The Prefect API answers ``GET {api_url}/health`` and accepts our credentials.
+
+    ``auth_string`` (default ``PREFECT_API_AUTH_STRING``, ``user:password``) is sent as basic
+    authentication to ``GET {api_url}/admin/version``: a server behind authentication answers
+    its health probe to anyone, so only this call shows that the credentials are right.
+    """
 
     def run() -> tuple[bool, str]:
-        url = api_url.rstrip("/") + "/health"
+        base = api_url.rstrip("/")
+        url = base + "/health"
         shown = mask_url(url)
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:
-                status = response.status
-                body = response.read(200).decode(errors="replace").strip()
+            status, body = _get(url, timeout_s=timeout_s)
         except urllib.error.HTTPError as exc:
             return False, f"{shown}: HTTP {exc.code}: is PREFECT_API_URL the server's /api URL?"
         except (urllib.error.URLError, OSError) as exc:
@@ -275,9 +353,35 @@ def check_prefect(api_url: str, *, timeout_s: float = 5.0, name: str = "prefect"
             )
         if status != 200 or body not in ("true", '"true"'):
             return False, f"{shown}: unhealthy answer {status} {body[:60]!r}"
-        return True, f"{shown}: healthy"
+        secret = (
+            auth_string if auth_string is not None else os.environ.get("PREFECT_API_AUTH_STRING")
+        )
+        try:
+            _, version = _get(base + "/admin/version", timeout_s=timeout_s, auth=secret or None)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                how = "wrong" if secret else "missing"
+                return False, (
+                    f"{shown}: healthy, but the API refuses our {how} credentials (HTTP "
+                    f"{exc.code}): set PREFECT_API_AUTH_STRING=user:password, the server's "
+                    "PREFECT_SERVER_API_AUTH_STRING (or the proxy's account)"
+                )
+            return True, f"{shown}: healthy (version unknown: HTTP {exc.code})"
+        except (urllib.error.URLError, OSError) as exc:
+            return False, f"{shown}: healthy, but the API stopped answering ({exc})"
+        return True, f"{shown}: healthy, Prefect {version.strip(chr(34))}"
 
     return _timed(name, run)
+
+
+def _get(url: str, *, timeout_s: float, auth: str | None = None) -> tuple[int, str]:
+    """``GET url``: status and the first 200 characters of the body."""
+    request = urllib.request.Request(url)
+    if auth:
+        token = base64.b64encode(auth.encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        return response.status, response.read(200).decode(errors="replace").strip()
 
 
 def run_checks(
@@ -304,7 +408,14 @@ def run_checks(
         results.append(check_database(settings.database_url, timeout_s=timeout_s))
     if "redis" in wanted:
         for url in _redis_urls(settings):
-            results.append(check_redis(url, timeout_s=timeout_s))
+            results.append(
+                check_redis(
+                    url,
+                    timeout_s=timeout_s,
+                    memory_warn_share=settings.redis_memory_warn_share,
+                    credentials_url=settings.redis_url,
+                )
+            )
     if "model" in wanted:
         for label, ref, engine in _models(settings):
             results.append(

@@ -3,7 +3,8 @@
 ``--log-format json`` (or ``DEFECTSCAN_LOG_FORMAT=json``) writes records as JSON with
 ``time``, ``level``, ``logger`` and ``message``, plus the inspection context when a record
 carries it in ``extra``: ``inspection_id``, ``sha256``, ``line``, ``camera``,
-``model_version``. Passwords inside URLs are masked in every message, in both formats::
+``model_version``. Passwords inside URLs (``user:PASSWORD@host``, and secret query parameters
+such as ``?password=``) are masked in every message, in both formats::
 
     logger.info("stored", extra={"inspection_id": 42, "line": "line3", "camera": "cam-1"})
 """
@@ -13,10 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from defectscan.masking import mask_secrets
 
 __all__ = [
     "CONTEXT_FIELDS",
@@ -37,14 +39,7 @@ CONTEXT_FIELDS: tuple[str, ...] = (
     "flow_run_id",
 )
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# scheme://user:PASSWORD@host -> scheme://user:***@host
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?=@)")
 _HANDLER_NAME = "defectscan"
-
-
-def mask_secrets(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``***``."""
-    return _URL_PASSWORD.sub(r"\g<head>***", text)
 
 
 class SecretMaskingFormatter(logging.Formatter):

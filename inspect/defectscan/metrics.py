@@ -3,7 +3,10 @@
 Each :class:`MonitorMetrics` owns its own ``CollectorRegistry``: tests and several monitors in
 one process never clash on metric names, and nothing leaks into prometheus-client's global
 registry. The service loop calls the ``observe_*`` / ``set_*`` methods; :meth:`serve` starts
-the HTTP endpoint in a daemon thread.
+the HTTP endpoint in a daemon thread. A port that cannot be bound (another monitor on the host
+has it) is a logged error and :attr:`MonitorMetrics.bind_error`, never an exception: metrics
+never stop inspection (the monitor records the error as a ``metrics_unavailable`` event). Give
+each line's monitor its own port (the plant file's ``lines.<name>.metrics_port``).
 
 Metric names (all prefixed ``defectscan_``), the Grafana dashboard in
 ``docker/grafana/defectscan-dashboard.json`` reads these:
@@ -20,6 +23,13 @@ Metric names (all prefixed ``defectscan_``), the Grafana dashboard in
 - ``queue_pending{line}``: stream entries delivered but not acknowledged
 - ``archive_bytes``, ``archive_files``: the image archive's size
 - ``model_info{line,version,engine,device}``: the model a line serves (always 1)
+- ``plant_faults_total{line,kind}``: faults of the plant that paused the line (kind: the
+  error kind, ``database``, ``volume`` or ``out_of_memory``)
+- ``line_paused{line}``: 1 while the line waits out a plant fault, else 0
+- ``dead_letter_dropped{line}``: entries pushed off the capped dead-letter stream
+
+Line and camera labels come only from the plant file's lines and cameras (the monitor maps
+anything else to its own line and to ``other``): a producer's typo never creates new series.
 """
 
 from __future__ import annotations
@@ -152,8 +162,28 @@ class MonitorMetrics:
             ["line"],
             registry=r,
         )
+        self.plant_faults = Counter(
+            "defectscan_plant_faults",
+            "Faults of the plant (not of the images) that paused the line, by kind.",
+            ["line", "kind"],
+            registry=r,
+        )
+        self.line_paused = Gauge(
+            "defectscan_line_paused",
+            "1 while the line waits out a plant fault before trying again.",
+            ["line"],
+            registry=r,
+        )
+        self.dead_letter_dropped = Gauge(
+            "defectscan_dead_letter_dropped",
+            "Entries pushed off the line's capped dead-letter stream.",
+            ["line"],
+            registry=r,
+        )
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        #: Why ``/metrics`` could not be served (None while serving or never asked to).
+        self.bind_error: str | None = None
 
     # ----------------------------------------------------------------------- observations
 
@@ -210,15 +240,43 @@ class MonitorMetrics:
             {"version": version, "engine": engine, "device": device}
         )
 
+    def observe_plant_fault(self, *, line: str | None, kind: str) -> None:
+        """Count one fault of the plant that paused the line."""
+        self.plant_faults.labels(line=line or "", kind=kind).inc()
+
+    def set_paused(self, *, line: str | None, paused: bool) -> None:
+        """Whether the line is paused by a plant fault."""
+        self.line_paused.labels(line=line or "").set(1 if paused else 0)
+
+    def set_dead_letter_dropped(self, *, line: str | None, dropped: int) -> None:
+        """Entries the capped dead-letter stream has dropped so far."""
+        self.dead_letter_dropped.labels(line=line or "").set(dropped)
+
     # ----------------------------------------------------------------------- HTTP endpoint
 
-    def serve(self, port: int, addr: str = "127.0.0.1") -> tuple[Any, threading.Thread]:
-        """Serve ``/metrics`` on ``addr:port`` (0 picks a free port) in a daemon thread."""
+    def serve(self, port: int, addr: str = "127.0.0.1") -> tuple[Any, threading.Thread] | None:
+        """Serve ``/metrics`` on ``addr:port`` (0 picks a free port) in a daemon thread.
+
+        Returns None when the port cannot be bound (taken by another monitor, not allowed):
+        the reason is logged as an error and kept in :attr:`bind_error`; the metrics still
+        count, they are only not served.
+        """
         if self._server is not None:
             msg = "metrics are already served; call stop() first"
             raise RuntimeError(msg)
-        server, thread = start_http_server(port, addr=addr, registry=self.registry)
+        try:
+            server, thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            self.bind_error = (
+                f"cannot serve Prometheus /metrics on {addr}:{port}: "
+                f"{exc.strerror or exc}; inspection goes on without /metrics. Another process "
+                "(a second monitor on this host?) holds the port: give each line its own "
+                "(lines.<name>.metrics_port in the plant file, or --metrics-port), or 0 for none"
+            )
+            logger.error(self.bind_error)
+            return None
         self._server, self._thread = server, thread
+        self.bind_error = None
         logger.info("serving Prometheus metrics on http://%s:%d/metrics", addr, self.port)
         return server, thread
 

@@ -7,36 +7,68 @@ bounded run (N images, S seconds, idle for I seconds, or a stop request) that dr
 claimed before it returns. The Prefect flow (``flows/line_monitor.py``) calls the same two
 methods from thin tasks; the CLI's ``monitor --no-prefect`` calls them directly.
 
-Failures: a batch that fails before its commit is handed back to the source, which counts the
-delivery (so an input that crashes processing every time ends in quarantine after N tries);
-the next batches are claimed one image at a time until the failed ones have gone through
-again, so a single poison image does not count deliveries against its neighbours. A database
-outage is ridden out inside the writer (it retries until the database answers again).
+Failures are classified (:func:`defectscan.service.is_plant_fault`):
+
+- An image's fault (a crash in a native library on some input): the batch is handed back and
+  the source counts the delivery, so an input that crashes processing every time ends in
+  quarantine after N tries. Until every record of a failed batch is settled, the monitor
+  claims one image at a time, so a poison image is never again taken with neighbours that
+  would be charged with it.
+- A fault of the plant (a full or read-only archive, an unwritable ``done/``, a database or
+  broker that refuses work, a champion that does not fit the line's rules, the device out of
+  memory): the batch is handed back *without* charging its deliveries, the line pauses and
+  retries with exponential back-off until the fault clears, and each fault leaves an
+  ``events`` row (``plant_fault``, then ``plant_fault_cleared``) and the metrics
+  ``defectscan_plant_faults_total`` / ``defectscan_line_paused``.
+
+A database outage is ridden out inside the writer (it retries until the database answers
+again), and the champion poll skips its turn while the database is away instead of stopping
+the line. ``champion`` follows one model name per line: ``champion:NAME`` (the plant file's
+line ``model``), or for a plain ``champion`` the one name that has a champion when the monitor
+starts; a new champion whose classes do not fit the line's rules is refused with an event
+(:class:`~defectscan.champion.ModelProvider`).
+Records that name a line the plant file does not know are refused, each with an error row,
+and metric labels come only from configured lines and cameras.
+
+Beside this module: :mod:`defectscan.monitor_stats` (per-minute windows and the run summary)
+and :mod:`defectscan.monitor_build` (:func:`~defectscan.monitor_build.build_monitor`, a monitor
+from the settings; it imports this module, so import it from there).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
-import math
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
-from defectscan.archive import ArchivePolicy, ImageArchive
-from defectscan.errors import ConfigError, DefectscanError, StoreError
-from defectscan.pipeline import Inspector
-from defectscan.service import BatchOutcome, MetricsSink, inspect_and_store, register_model
+from defectscan.archive import ImageArchive
+from defectscan.champion import (
+    ModelProvider,
+    inspector_loader,
+    line_loader,
+    parse_model_ref,
+)
+from defectscan.errors import ConfigError, DefectscanError
+from defectscan.monitor_stats import RunSummary, WindowStats
+from defectscan.service import (
+    BatchOutcome,
+    MetricsSink,
+    inspect_and_store,
+    is_plant_fault,
+    register_model,
+)
 from defectscan.sources.base import ImageRecord, Source
 from defectscan.store.db import retrying, session_factory
-from defectscan.store.model_versions import get_champion
 from defectscan.store.operations import record_event, save_run_metrics
 from defectscan.store.training_runs import reviews_for_training
 from defectscan.store.writer import ResultWriter
@@ -47,11 +79,9 @@ __all__ = [
     "ModelProvider",
     "RunSummary",
     "WindowStats",
-    "build_monitor",
     "inspector_loader",
     "line_loader",
     "parse_model_ref",
-    "set_process_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,206 +89,100 @@ logger = logging.getLogger(__name__)
 #: Set by the CLI's SIGINT/SIGTERM handler: finish the batch in hand, settle it, stop.
 STOP = threading.Event()
 
-InspectorLoader = Callable[[str], Inspector]
 
+class _Labels:
+    """A metrics sink that labels only with configured lines and cameras.
 
-def parse_model_ref(model: str) -> tuple[str, str | None]:
-    """``("champion", name|None)`` for ``champion``/``champion:NAME``, else ``("file", path)``."""
-    if model == "champion":
-        return "champion", None
-    if model.startswith("champion:"):
-        return "champion", model.split(":", 1)[1] or None
-    return "file", model
-
-
-class ModelProvider:
-    """The model the monitor inspects with, and the switch to a newly promoted champion.
-
-    With a file, the model never changes. With ``champion`` the registry is polled every
-    ``poll_s`` seconds between batches; a new champion is loaded *beside* the running model
-    and swapped in only once it loaded and its weights match the registry. When loading fails,
-    the old model keeps running, the failure is logged and recorded as an event, and that
-    version is not tried again until ``retry_s`` has passed.
+    A producer's ``line`` or ``camera`` field is free text: used as a label as it is, every typo
+    would create new series without bound. A line outside ``lines`` is shown as the monitor's
+    own line, a camera outside ``cameras`` as ``other``.
     """
 
     def __init__(
         self,
-        model: str,
+        sink: MetricsSink,
         *,
-        load: InspectorLoader,
-        sessions: sessionmaker[Session],
-        line: str | None = None,
-        poll_s: float = 5.0,
-        retry_s: float = 300.0,
+        line: str | None,
+        lines: Collection[str],
+        cameras: Collection[str],
     ) -> None:
-        self.kind, self.ref = parse_model_ref(model)
-        self._load = load
-        self._sessions = sessions
+        self.sink = sink
         self.line = line
-        self.poll_s = poll_s
-        self.retry_s = retry_s
-        self._checked = 0.0
-        self._failed: dict[str, float] = {}
-        self.inspector = self._initial()
-        self.switches = 0
+        self.lines = frozenset(lines)
+        self.cameras = frozenset(cameras)
 
-    def _champion(self) -> tuple[str, str, str] | None:
-        def unit(*, session: Session) -> tuple[str, str, str] | None:
-            mv = get_champion(session=session, name=self.ref)
-            if mv is None:
-                return None
-            return mv.version, mv.checkpoint_path or "", mv.sha256
+    def _line(self, line: str | None) -> str | None:
+        return line if line is None or line in self.lines else self.line
 
-        return retrying(unit, sessions=self._sessions)
+    def _camera(self, camera: str | None) -> str | None:
+        return camera if camera is None or camera in self.cameras else "other"
 
-    def _initial(self) -> Inspector:
-        if self.kind == "file":
-            assert self.ref is not None
-            if not Path(self.ref).is_file():
-                msg = f"model file {self.ref} does not exist; pass --model FILE or champion"
-                raise ConfigError(msg)
-            return self._load(self.ref)
-        found = self._champion()
-        if found is None:
-            named = f" named {self.ref!r}" if self.ref else ""
-            msg = (
-                f"there is no champion model{named} in the registry yet: promote one "
-                "(`defectscan models promote VERSION`) or pass --model FILE"
-            )
-            raise StoreError(msg)
-        version, path, sha = found
-        inspector = self._load(path)
-        if inspector.checkpoint is not None and inspector.checkpoint.sha256 != sha:
-            msg = f"checkpoint {path} no longer holds the weights of champion {version}"
-            raise StoreError(msg)
-        self._checked = time.monotonic()
-        return inspector
-
-    def refresh(self, *, flow_run_id: str | None = None) -> bool:
-        """Between batches: switch to a new champion if there is one; True when switched."""
-        if self.kind != "champion" or time.monotonic() - self._checked < self.poll_s:
-            return False
-        self._checked = time.monotonic()
-        found = self._champion()
-        if found is None or found[0] == self.inspector.model_version:
-            return False
-        version, path, sha = found
-        failed_at = self._failed.get(version)
-        if failed_at is not None and time.monotonic() - failed_at < self.retry_s:
-            return False
-        old = self.inspector.model_version
-        try:
-            candidate = self._load(path)
-            if candidate.checkpoint is not None and candidate.checkpoint.sha256 != sha:
-                msg = f"{path} does not hold the weights registered for {version}"
-                raise StoreError(msg)
-        except (DefectscanError, OSError, RuntimeError, ValueError) as exc:
-            self._failed[version] = time.monotonic()
-            message = (
-                f"new champion {version} could not be loaded ({type(exc).__name__}: {exc}); "
-                f"still inspecting with {old}"
-            )
-            logger.error(message)
-            self._event("model_load_failed", message, "error", version, flow_run_id, {"path": path})
-            return False
-        previous, self.inspector = self.inspector, candidate
-        previous.close()
-        self.switches += 1
-        message = f"switched from {old} to new champion {version}"
-        logger.info(message)
-        self._event("model_switch", message, "info", version, flow_run_id, {"previous": old})
-        return True
-
-    def _event(
+    def observe_result(
         self,
-        kind: str,
-        message: str,
-        level: str,
-        version: str,
-        flow_run_id: str | None,
-        details: dict[str, Any],
+        *,
+        line: str | None,
+        camera: str | None,
+        status: str,
+        verdict: str | None,
+        error_kind: str | None,
+        defect_classes: list[str],
+        tiles: int,
+        stage_ms: dict[str, float],
+        capture_to_commit_s: float | None,
     ) -> None:
-        def unit(*, session: Session) -> None:
-            record_event(
-                session=session,
-                kind=kind,
-                level=level,
-                message=message,
-                line=self.line,
-                model_version=version,
-                flow_run_id=flow_run_id,
-                details=details,
-            )
+        self.sink.observe_result(
+            line=self._line(line),
+            camera=self._camera(camera),
+            status=status,
+            verdict=verdict,
+            error_kind=error_kind,
+            defect_classes=defect_classes,
+            tiles=tiles,
+            stage_ms=stage_ms,
+            capture_to_commit_s=capture_to_commit_s,
+        )
 
-        try:
-            retrying(unit, sessions=self._sessions)
-        except Exception:  # an event is worth a log line, not a stopped line
-            logger.exception("could not record %s event", kind)
+    def observe_batch(self, *, line: str | None, size: int, seconds: float) -> None:
+        self.sink.observe_batch(line=self._line(line), size=size, seconds=seconds)
 
+    def set_queue(self, *, line: str | None, waiting: int, pending: int | None = None) -> None:
+        self.sink.set_queue(line=self._line(line), waiting=waiting, pending=pending)
 
-@dataclass
-class WindowStats:
-    """Counts and latencies over one metrics window (a minute, or a whole run)."""
+    def set_archive(self, bytes_: int, files: int) -> None:
+        self.sink.set_archive(bytes_, files)
 
-    start: datetime = field(default_factory=lambda: datetime.now(UTC))
-    outcome: BatchOutcome = field(default_factory=BatchOutcome)
+    def set_model(self, *, line: str | None, version: str, engine: str, device: str) -> None:
+        self.sink.set_model(line=self._line(line), version=version, engine=engine, device=device)
 
-    def percentile(self, q: float) -> float | None:
-        """Capture-to-commit latency percentile ``q`` in [0, 1], in milliseconds."""
-        values = sorted(self.outcome.latencies_s)
-        if not values:
-            return None
-        pos = q * (len(values) - 1)
-        lo, hi = math.floor(pos), math.ceil(pos)
-        return 1e3 * (values[lo] + (values[hi] - values[lo]) * (pos - lo))
+    def observe_plant_fault(self, *, line: str | None, kind: str) -> None:
+        self.sink.observe_plant_fault(line=self._line(line), kind=kind)
 
-    def row(self, end: datetime) -> dict[str, Any]:
-        """Keyword arguments of ``store.save_run_metrics`` for this window."""
-        o = self.outcome
-        seconds = max((end - self.start).total_seconds(), 1e-9)
-        return {
-            "window_start": self.start,
-            "window_end": end,
-            "processed": o.images,
-            "rejected": o.rejected,
-            "tiles": o.tiles,
-            "failed": o.failed_parts,
-            "throughput_per_s": o.images / seconds,
-            "latency_p50_ms": self.percentile(0.5),
-            "latency_p95_ms": self.percentile(0.95),
-            "defect_rate": (o.failed_parts / o.inspected) if o.inspected else None,
-            "rejected_by_reason": dict(o.rejected_by_reason),
-            "model_version": ",".join(sorted(o.model_versions)) or None,
-        }
+    def set_paused(self, *, line: str | None, paused: bool) -> None:
+        self.sink.set_paused(line=self._line(line), paused=paused)
+
+    def set_dead_letter_dropped(self, *, line: str | None, dropped: int) -> None:
+        self.sink.set_dead_letter_dropped(line=self._line(line), dropped=dropped)
 
 
-@dataclass
-class RunSummary:
-    """What one bounded monitor run did."""
-
-    run_id: str
-    images: int
-    inspected: int
-    rejected: int
-    failed_parts: int
-    tiles: int
-    duplicates: int
-    seconds: float
-    stopped_by: str
-    model_versions: list[str]
-    failed_batches: int
-    latency_p50_ms: float | None
-    latency_p95_ms: float | None
-    archived: dict[str, int]
-    rejected_by_reason: dict[str, int]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form (the flow's return value)."""
-        return dict(self.__dict__)
+def _fault_kind(exc: BaseException) -> str:
+    """A short, bounded name of a plant fault (a metric label)."""
+    if isinstance(exc, DefectscanError):
+        return exc.kind
+    if isinstance(exc, SQLAlchemyError):
+        return "database"
+    if isinstance(exc, OSError):
+        return "volume"
+    return "out_of_memory"
 
 
 class LineMonitor:
-    """One line's monitor: source -> model -> results database -> archive -> acks."""
+    """One line's monitor: source -> model -> results database -> archive -> acks.
+
+    ``lines`` are the lines the plant file configures (a record naming another line is
+    refused with an error row; the monitor's own ``line`` is always known) and ``cameras`` the
+    cameras whose names may label metrics. A plant fault pauses the line for ``pause_min_s``,
+    doubling on each fault in a row up to ``pause_max_s``.
+    """
 
     def __init__(
         self,
@@ -274,9 +198,16 @@ class LineMonitor:
         flow_name: str = "line-monitor",
         metrics_window_s: float = 60.0,
         writer_attempts: int = 100_000,
+        lines: Collection[str] | None = None,
+        cameras: Collection[str] | None = None,
+        pause_min_s: float = 1.0,
+        pause_max_s: float = 60.0,
     ) -> None:
         if batch_size < 1:
             msg = f"batch size must be >= 1, got {batch_size}"
+            raise ConfigError(msg)
+        if not 0 < pause_min_s <= pause_max_s:
+            msg = f"need 0 < pause_min_s <= pause_max_s, got {pause_min_s} and {pause_max_s}"
             raise ConfigError(msg)
         self.source = source
         self.models = models
@@ -285,7 +216,14 @@ class LineMonitor:
         self.batch_size = batch_size
         self.claim_timeout = claim_timeout
         self.archive = archive
-        self.metrics = metrics
+        self.lines = frozenset(lines or ()) | ({line} if line else frozenset())
+        self.cameras = frozenset(cameras or ())
+        self.metrics: _Labels | None = (
+            _Labels(metrics, line=line, lines=self.lines, cameras=self.cameras)
+            if metrics is not None
+            else None
+        )
+        self._metrics_sink = metrics
         self.flow_name = flow_name
         self.metrics_window_s = metrics_window_s
         self._sessions = session_factory(engine, write=True)
@@ -293,14 +231,28 @@ class LineMonitor:
         # anything useful without the database, and what it claimed stays claimed meanwhile.
         self.writer = ResultWriter(engine, batch_size=max(batch_size, 1), attempts=writer_attempts)
         self._registered: set[str] = set()
-        self._single = 0  # batches to claim one by one after a failure
+        # Records of failed batches not settled yet: claim one at a time while any is left.
+        self._suspects: set[str] = set()
+        self._suspect_free_claims = 0
         self.failed_batches = 0
+        self.pause_min_s = pause_min_s
+        self.pause_max_s = pause_max_s
+        self._pause_s = 0.0
+        self._paused_until = float("-inf")
+        self._plant_fault: str | None = None
+        self.plant_faults = 0
         self._gauges_at = float("-inf")
         self._archive_at = float("-inf")
         self._model_shown: str | None = None
         self._archive_dirty = False
         self._pruned_at = time.monotonic()  # the first retention pass an interval after start
         self.prune_every_s = 3600.0
+        self._consumers_pruned_at = time.monotonic()
+        self.prune_consumers_every_s = 600.0
+        self._metrics_checked = False
+        if getattr(source, "on_dead_overflow", False) is None:
+            # A capped dead-letter stream that drops entries is worth an events row.
+            setattr(source, "on_dead_overflow", self._dead_letter_overflow)  # noqa: B010
 
     # ------------------------------------------------------------------ one batch
 
@@ -310,50 +262,236 @@ class LineMonitor:
             register_model(self.writer, self.models.inspector)
             self._registered.add(version)
 
+    @property
+    def paused(self) -> bool:
+        """True while the line waits out a plant fault before trying again."""
+        return time.monotonic() < self._paused_until
+
+    @property
+    def plant_fault(self) -> str | None:
+        """The plant fault the line is riding out (None when none): a paused line is not idle."""
+        return self._plant_fault
+
     def claim(self, *, flow_run_id: str | None = None) -> list[ImageRecord]:
-        """Between batches: switch model if a new champion is in, then claim a micro-batch."""
-        self.models.refresh(flow_run_id=flow_run_id)
-        self._ensure_registered()
-        if self.metrics is not None:
-            self._update_gauges()
-        if self.archive is not None and time.monotonic() - self._pruned_at >= self.prune_every_s:
-            self._pruned_at = time.monotonic()
-            self.prune_archive()
-        n = 1 if self._single > 0 else self.batch_size
-        return self.source.claim(n, timeout=self.claim_timeout)
+        """Between batches: switch model if a new champion is in, then claim a micro-batch.
+
+        While the line is paused by a plant fault this waits (at most ``claim_timeout``) and
+        claims nothing.
+        """
+        if not self._metrics_checked:
+            self._metrics_checked = True
+            self._report_metrics_endpoint(flow_run_id)
+        wait = self._paused_until - time.monotonic()
+        if wait > 0:
+            STOP.wait(min(wait, self.claim_timeout))
+            return []
+        try:
+            self.models.refresh(flow_run_id=flow_run_id)
+            self._ensure_registered()
+            if self.metrics is not None:
+                self._update_gauges()
+            self._housekeeping()
+            n = 1 if self._suspects else self.batch_size
+            records = self.source.claim(n, timeout=self.claim_timeout)
+        except Exception as exc:
+            if not is_plant_fault(exc):
+                raise
+            self._on_plant_fault(exc, records_n=0, flow_run_id=flow_run_id)
+            return []
+        if not records and self._plant_fault is not None:
+            # The source answers and nothing failed is waiting to come back: the fault is over.
+            self._plant_fault_cleared(flow_run_id)
+        if self._suspects and records:
+            if self._suspects.isdisjoint(r.id for r in records):
+                self._suspect_free_claims += 1
+                # The suspects went elsewhere (another consumer reclaimed them): stop waiting.
+                if self._suspect_free_claims > len(self._suspects) + 2:
+                    logger.info(
+                        "%d record(s) of failed batches did not come back here; claiming "
+                        "full batches again",
+                        len(self._suspects),
+                    )
+                    self._suspects.clear()
+            else:
+                self._suspect_free_claims = 0
+        return records
 
     def process(
         self, records: list[ImageRecord], *, flow_run_id: str | None = None
     ) -> BatchOutcome:
         """Inspect, store, archive and settle claimed records; a failure hands them back."""
+        records = [self._known_line(r) for r in records]
         try:
-            outcome = inspect_and_store(
-                records,
-                inspector=self.models.inspector,
-                writer=self.writer,
-                source=self.source,
-                archive=self.archive,
-                metrics=self.metrics,
-            )
+            with self._renewing(records):
+                outcome = inspect_and_store(
+                    records,
+                    inspector=self.models.inspector,
+                    writer=self.writer,
+                    source=self.source,
+                    archive=self.archive,
+                    metrics=self.metrics,
+                )
         except Exception as exc:
-            # inspect_and_store handed the records back to the source already.
+            # inspect_and_store handed the records back to the source already (charged as a
+            # delivery only when the images may be to blame).
             self.failed_batches += 1
-            self._single = max(self._single, len(records) + 1) if len(records) > 1 else 0
-            logger.exception("batch of %d failed; redelivering it", len(records))
-            self._record_failure(records_n=len(records), exc=exc, flow_run_id=flow_run_id)
+            if is_plant_fault(exc):
+                self._on_plant_fault(exc, records_n=len(records), flow_run_id=flow_run_id)
+            else:
+                self._suspects.update(r.id for r in records)
+                self._suspect_free_claims = 0
+                logger.exception("batch of %d failed; redelivering it", len(records))
+                self._record_failure(records_n=len(records), exc=exc, flow_run_id=flow_run_id)
             return BatchOutcome()
-        if self._single > 0:
-            self._single -= 1
+        self._suspects.difference_update(r.id for r in records)
+        if self._plant_fault is not None:
+            self._plant_fault_cleared(flow_run_id)
         if outcome.archived:
             self._archive_dirty = True
         return outcome
 
     def step(self, *, flow_run_id: str | None = None) -> BatchOutcome | None:
-        """Claim one micro-batch and take it through the loop; None when nothing came."""
+        """Claim one micro-batch and take it through the loop; None when nothing came.
+
+        While the line is paused by a plant fault, an empty outcome (not None: a paused line
+        is not idle, and a bounded run must not end on it as if the queue were empty).
+        """
         records = self.claim(flow_run_id=flow_run_id)
         if not records:
-            return None
+            return BatchOutcome() if self._plant_fault is not None else None
         return self.process(records, flow_run_id=flow_run_id)
+
+    def _known_line(self, record: ImageRecord) -> ImageRecord:
+        """``record``, or its refusal when it names a line the plant file does not know."""
+        if record.line is None or record.line in self.lines or record.error_kind is not None:
+            return record
+        known = ", ".join(sorted(self.lines)) or "none"
+        message = (
+            f"{record.uri} names line {record.line!r}, which is not in the plant file "
+            f"(known: {known}); refused instead of inspecting it with another line's rules: "
+            "fix the producer's line field or add the line to the plant file"
+        )
+        logger.warning(message)
+        return dataclasses.replace(
+            record, line=self.line, error_kind="unknown_line", error_message=message
+        )
+
+    @contextlib.contextmanager
+    def _renewing(self, records: Sequence[ImageRecord]) -> Iterator[None]:
+        """Renew the claim on ``records`` every ``claim_idle_ms / 3`` while the batch runs."""
+        idle_ms = getattr(self.source, "claim_idle_ms", None)
+        renew = getattr(self.source, "renew", None)
+        if not records or not isinstance(idle_ms, int | float) or not callable(renew):
+            yield
+            return
+        every = max(idle_ms / 3000.0, 0.05)
+        done = threading.Event()
+
+        def loop() -> None:
+            while not done.wait(every):
+                try:
+                    renew(records)
+                except Exception:  # a missed renewal risks a duplicate, never a lost image
+                    logger.warning("could not renew the claim on %d record(s)", len(records))
+
+        thread = threading.Thread(target=loop, name="defectscan-renew", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=5)
+
+    # ------------------------------------------------------------------ plant faults
+
+    def _on_plant_fault(
+        self, exc: BaseException, *, records_n: int, flow_run_id: str | None
+    ) -> None:
+        """Pause the line (doubling back-off), record an event, count it in the metrics."""
+        self.plant_faults += 1
+        self._pause_s = min(self.pause_max_s, max(self.pause_min_s, 2 * self._pause_s))
+        self._paused_until = time.monotonic() + self._pause_s
+        kind = _fault_kind(exc)
+        first = self._plant_fault is None
+        self._plant_fault = f"{type(exc).__name__}: {exc}"
+        message = (
+            f"plant fault ({self._plant_fault}); line paused, retrying in {self._pause_s:.0f} s"
+            + (f"; {records_n} image(s) handed back uncharged" if records_n else "")
+        )
+        logger.error(message)
+        if self.metrics is not None:
+            self.metrics.observe_plant_fault(line=self.line, kind=kind)
+            self.metrics.set_paused(line=self.line, paused=True)
+        self._event(
+            "plant_fault",
+            message,
+            "error",
+            flow_run_id,
+            {
+                "kind": kind,
+                "error": self._plant_fault,
+                "retry_in_s": self._pause_s,
+                "images": records_n,
+                "first": first,
+            },
+        )
+
+    def _plant_fault_cleared(self, flow_run_id: str | None) -> None:
+        message = f"plant fault cleared ({self._plant_fault}); line running again"
+        logger.info(message)
+        self._plant_fault = None
+        self._pause_s = 0.0
+        self._paused_until = float("-inf")
+        if self.metrics is not None:
+            self.metrics.set_paused(line=self.line, paused=False)
+        self._event("plant_fault_cleared", message, "info", flow_run_id, {})
+
+    def _event(
+        self, kind: str, message: str, level: str, flow_run_id: str | None, details: dict[str, Any]
+    ) -> None:
+        def unit(*, session: Session) -> None:
+            record_event(
+                session=session,
+                kind=kind,
+                level=level,
+                message=message,
+                line=self.line,
+                model_version=self.models.inspector.model_version,
+                flow_run_id=flow_run_id,
+                details=details,
+            )
+
+        try:
+            retrying(unit, sessions=self._sessions, attempts=3)
+        except Exception:  # the database may be the fault: the log line stands
+            logger.exception("could not record the %s event", kind)
+
+    def _dead_letter_overflow(self, dropped: int, message: str) -> None:
+        self._event("dead_letter_overflow", message, "warning", None, {"dropped": dropped})
+        self._gauges_at = float("-inf")  # show the new count at the next gauge update
+
+    def _report_metrics_endpoint(self, flow_run_id: str | None) -> None:
+        """An ``events`` row when this process's /metrics endpoint could not be served."""
+        error = getattr(self._metrics_sink, "bind_error", None)
+        if error:
+            self._event("metrics_unavailable", str(error), "error", flow_run_id, {})
+
+    def _housekeeping(self) -> None:
+        """Archive retention (hourly) and idle consumers of the stream (every 10 minutes)."""
+        now = time.monotonic()
+        if self.archive is not None and now - self._pruned_at >= self.prune_every_s:
+            self._pruned_at = now
+            self.prune_archive()
+        prune = getattr(self.source, "prune_consumers", None)
+        if callable(prune) and now - self._consumers_pruned_at >= self.prune_consumers_every_s:
+            self._consumers_pruned_at = now
+            try:
+                gone = prune()
+            except DefectscanError as exc:  # housekeeping must never stop the line
+                logger.warning("could not prune idle consumers: %s", exc)
+            else:
+                if gone:
+                    logger.info("deleted idle consumer(s) without pending entries: %s", gone)
 
     def _update_gauges(self, *, queue_every_s: float = 5.0, archive_every_s: float = 60.0) -> None:
         """Queue lag, archive size and the model in use, for /metrics (throttled)."""
@@ -377,6 +515,9 @@ class LineMonitor:
                     waiting=self.source.backlog(),
                     pending=pending() if callable(pending) else None,
                 )
+                dropped = getattr(self.source, "dead_letter_dropped", None)
+                if callable(dropped):
+                    self.metrics.set_dead_letter_dropped(line=self.line, dropped=int(dropped()))
             except DefectscanError as exc:  # a source that cannot answer now: try later
                 logger.debug("queue size unavailable: %s", exc)
         since = now - self._archive_at
@@ -515,130 +656,3 @@ class LineMonitor:
         self.source.close()
         self.models.inspector.close()
         self.engine.dispose()
-
-
-def inspector_loader(
-    *,
-    backend: str = "auto",
-    device: str = "auto",
-    precision: str = "auto",
-    tile_size: int | None = None,
-    overlap: int | None = None,
-    infer_batch: int = 8,
-) -> InspectorLoader:
-    """A function that builds an :class:`Inspector` for a checkpoint path with these options."""
-    from defectscan.config import get_settings
-
-    settings = get_settings()
-
-    def load(path: str) -> Inspector:
-        return Inspector.from_checkpoint(
-            path,
-            backend=backend,  # type: ignore[arg-type]
-            device=device,
-            precision=precision,  # type: ignore[arg-type]
-            tile_size=tile_size,
-            overlap=overlap,
-            batch_size=infer_batch,
-            max_pixels=settings.max_pixels,
-            lines=settings.lines,
-        )
-
-    return load
-
-
-def line_loader(line: str | None) -> InspectorLoader:
-    """The loader a line's configuration describes (engine, device, precision, tiling)."""
-    from defectscan.config import get_settings
-
-    settings = get_settings()
-    engine = settings.engine_for(line)
-    tile_size, overlap = settings.tiling_for(line)
-    return inspector_loader(
-        backend=engine.backend,
-        device=engine.device,
-        precision=engine.precision,
-        tile_size=tile_size,
-        overlap=overlap,
-        infer_batch=engine.batch_size,
-    )
-
-
-_PROCESS_METRICS: MetricsSink | None = None
-
-
-def set_process_metrics(metrics: MetricsSink | None) -> None:
-    """Metrics every monitor built in this process reports to (the CLI's /metrics server)."""
-    global _PROCESS_METRICS
-    _PROCESS_METRICS = metrics
-
-
-def build_monitor(
-    source: str | None = None,
-    *,
-    model: str | None = None,
-    line: str | None = None,
-    camera: str | None = None,
-    batch_size: int = 8,
-    database_url: str | None = None,
-    redis_url: str | None = None,
-    root: str | None = None,
-    archive: ImageArchive | None = None,
-    metrics: MetricsSink | None = None,
-    load: InspectorLoader | None = None,
-    claim_timeout: float = 1.0,
-    champion_poll_s: float = 5.0,
-    source_options: dict[str, Any] | None = None,
-) -> LineMonitor:
-    """Open the source, check the database schema, load the model: a monitor ready to run.
-
-    What is not given comes from the settings (the plant file's line ``line``): its source,
-    model, engine and tiling, and archive policy. The database must already be at the code's
-    migration head (``defectscan db upgrade``); only a brand-new SQLite file is created.
-    """
-    from defectscan.config import get_settings
-    from defectscan.sources import open_source
-    from defectscan.store.db import ensure_schema, make_engine
-
-    settings = get_settings()
-    line_cfg = settings.line(line)
-    source = source or (line_cfg.source if line_cfg else None)
-    if not source:
-        where = f"line {line!r} of the plant file" if line else "the plant file"
-        msg = f"no source given: pass --source folder:PATH or redis://..., or set it for {where}"
-        raise ConfigError(msg)
-    model = model or str(settings.model_for(line))
-    engine = make_engine(database_url or settings.database_url)
-    try:
-        ensure_schema(engine)
-        models = ModelProvider(
-            model,
-            load=load or line_loader(line),
-            sessions=session_factory(engine, write=True),
-            line=line,
-            poll_s=champion_poll_s,
-        )
-        src = open_source(
-            source,
-            line=line,
-            camera=camera,
-            redis_url=redis_url or settings.redis_url,
-            root=root,
-            **(source_options or {}),
-        )
-    except BaseException:
-        engine.dispose()
-        raise
-    if archive is None:
-        archive_dir = settings.archive_dir or settings.var_dir / "archive"
-        archive = ImageArchive(archive_dir, ArchivePolicy.from_config(settings.archive_for(line)))
-    return LineMonitor(
-        src,
-        models,
-        engine,
-        line=line,
-        batch_size=batch_size,
-        claim_timeout=claim_timeout,
-        archive=archive,
-        metrics=metrics if metrics is not None else _PROCESS_METRICS,
-    )

@@ -3,8 +3,9 @@
 :func:`check_plant_file` reports each problem with its YAML line and dotted key path (what
 ``defectscan config check FILE`` prints); it takes the settings model to validate against, so
 that this module sits below :mod:`defectscan.config`, which passes its ``Settings``.
-Secrets never live in the file: a password inside a URL there is an error, whether the file is
-checked or read as a settings source (:class:`PlantFileSource`).
+Secrets never live in the file: a password anywhere inside a URL there (``user:PASSWORD@``, or a
+query parameter such as ``?password=``), in any setting, is an error, whether the file is checked
+or read as a settings source (:class:`PlantFileSource`). :func:`url_secrets` is that test.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, YamlConfigSettingsSource
 
 from defectscan.errors import ConfigError
+from defectscan.masking import is_secret_key
 
 __all__ = [
     "SECRET_SETTINGS",
@@ -29,6 +31,7 @@ __all__ = [
     "PlantFileSource",
     "check_plant_file",
     "settings_file",
+    "url_secrets",
     "using_plant_file",
 ]
 
@@ -210,36 +213,71 @@ def _name_issues(
 
 
 def _secret_issues(data: Any, positions: Mapping[tuple[Any, ...], int]) -> list[ConfigIssue]:
+    """A ConfigIssue for every URL in ``data`` (at any depth) that carries a secret."""
     issues: list[ConfigIssue] = []
-    if not isinstance(data, Mapping):
-        return issues
-    for key, env in SECRET_SETTINGS.items():
-        value = data.get(key)
-        if isinstance(value, str) and _url_password(value):
+    for path, value in _strings(data):
+        where = url_secrets(value)
+        if not where:
+            continue
+        dotted = ".".join(str(p) for p in path)
+        key = path[0] if len(path) == 1 else None
+        if key in SECRET_SETTINGS:
+            env = SECRET_SETTINGS[str(key)]
             msg = (
-                f"{key} holds a password; secrets never go in the plant file: drop {key} here "
-                f"and set {env} in the environment (with compose: docker/.env)"
+                f"{key} holds a password ({', '.join(where)}); secrets never go in the plant "
+                f"file: drop {key} here and set {env} in the environment (with compose: "
+                "docker/.env)"
             )
-            issues.append(ConfigIssue(positions.get((key,)), key, msg))
-    lines = data.get("lines")
-    if isinstance(lines, Mapping):
-        for name, line in lines.items():
-            if not isinstance(line, Mapping):
-                continue
-            source = line.get("source")
-            if isinstance(source, str) and _url_password(source):
-                msg = (
-                    "the source URL holds a password; secrets never go in the plant file: "
-                    "write redis://HOST:PORT/DB?stream=NAME and set the password in "
-                    "DEFECTSCAN_REDIS_URL (a line's Redis source borrows its credentials)"
-                )
-                path = ("lines", name, "source")
-                issues.append(ConfigIssue(positions.get(path), f"lines.{name}.source", msg))
+        elif len(path) == 3 and path[0] == "lines" and path[2] == "source":
+            msg = (
+                f"the source URL holds a password ({', '.join(where)}); secrets never go in the "
+                "plant file: write redis://HOST:PORT/DB?stream=NAME and set the password in "
+                "DEFECTSCAN_REDIS_URL (a line's Redis source borrows its credentials)"
+            )
+        else:
+            msg = (
+                f"this URL holds a password ({', '.join(where)}); secrets never go in the plant "
+                "file: set them in the environment (DEFECTSCAN_DATABASE_URL, "
+                "DEFECTSCAN_REDIS_URL) instead"
+            )
+        line = None
+        for n in range(len(path), -1, -1):
+            if tuple(path[:n]) in positions:
+                line = positions[tuple(path[:n])]
+                break
+        issues.append(ConfigIssue(line, dotted, msg))
     return issues
 
 
-def _url_password(url: str) -> str | None:
+def _strings(data: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """Every string in nested mappings and lists, with its key path."""
+    if isinstance(data, str):
+        yield prefix, data
+    elif isinstance(data, Mapping):
+        for key, value in data.items():
+            yield from _strings(value, (*prefix, key))
+    elif isinstance(data, list | tuple):
+        for i, value in enumerate(data):
+            yield from _strings(value, (*prefix, i))
+
+
+def url_secrets(text: str) -> list[str]:
+    """Where the URL ``text`` carries a secret: its user-info password, secret query keys.
+
+    Empty for a URL without one, and for text that is not a URL (``folder:/x``, ``redis:NAME``).
+    """
+    if "://" not in text:
+        return []
     try:
-        return urlsplit(url).password
+        parts = urlsplit(text.strip())
+        password = parts.password
     except ValueError:
-        return None
+        return []
+    found = ["user:PASSWORD@"] if password else []
+    query = parts.query
+    if not query and "?" in parts.path:  # schemes urlsplit does not split the query of
+        query = parts.path.split("?", 1)[1]
+    for key, _ in parse_qsl(query, keep_blank_values=True):
+        if is_secret_key(key):
+            found.append(f"query parameter {key!r}")
+    return found

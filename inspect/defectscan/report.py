@@ -1,4 +1,4 @@
-"""What a person looks at: mask PNGs, overlays with contours and a legend, an HTML summary."""
+"""What a person looks at: mask PNGs, overlays with a legend, HTML and markdown summaries."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import html
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -18,8 +19,10 @@ from defectscan.postprocess import Defect
 __all__ = [
     "batch_report_html",
     "class_color",
+    "class_table",
     "html_report",
     "overlay",
+    "summary_markdown",
     "write_mask",
     "write_png",
     "write_result_images",
@@ -202,11 +205,15 @@ figure{margin:0;background:#fff;border:1px solid #ddd;border-radius:6px;padding:
 figure img{width:100%;height:auto;display:block;image-rendering:pixelated}
 figcaption{font-size:12px;margin-top:4px;word-break:break-all}
 .fail{color:#b00;font-weight:bold}.pass{color:#070}.rejected{color:#a60;font-weight:bold}
+.coverage{background:#fff4d6;border:1px solid #e0b84c;border-radius:6px;padding:8px 12px;
+max-width:900px}
 """
 
 
-def _pct(value: object) -> str:
-    return "-" if value is None else f"{100 * float(value):.1f}%"  # type: ignore[arg-type]
+def _pct(value: object, n: object = None) -> str:
+    """A rate with the number of parts it is computed on: ``12.5% of 8``."""
+    of = "" if n is None else f" of {n}"
+    return ("-" if value is None else f"{100 * float(value):.1f}%") + of  # type: ignore[arg-type]
 
 
 def _hex(bgr: tuple[int, int, int]) -> str:
@@ -230,8 +237,9 @@ def batch_report_html(report: BatchReport, path: str | Path, *, max_thumbnails: 
         (len(report.parts), "parts"),
         (report.inspected, "inspected"),
         (report.failed, "failed"),
-        (_pct(report.defect_rate), "defect rate"),
+        (_pct(report.defect_rate, report.inspected), "defect rate"),
         (len(report.rejected), "rejected"),
+        (len(report.not_kept), "not seen (image not kept)"),
         (len(report.missing), "not found"),
     ]
     out = [
@@ -248,15 +256,23 @@ def batch_report_html(report: BatchReport, path: str | Path, *, max_thumbnails: 
             for value, label in cards
         ),
         "</div>",
+        *(
+            [
+                f"<p class='coverage' id='coverage'><b>What this batch could not see:</b> "
+                f"{e(report.coverage_note)}</p>"
+            ]
+            if report.coverage_note
+            else []
+        ),
         "<h2>Defects per class</h2><table id='per-class'>",
-        "<tr><th>class</th><th>defects</th><th>parts</th><th>share of parts</th></tr>",
+        "<tr><th>class</th><th>defects</th><th>parts</th><th>share of inspected parts</th></tr>",
     ]
     for i, (name, c) in enumerate(report.per_class().items(), start=1):
         out.append(
             f"<tr data-class='{e(name)}'><td><span class='swatch' "
             f"style='background:{_hex(class_color(i))}'></span>{e(name)}</td>"
             f"<td class='num defects'>{c['defects']}</td><td class='num parts'>{c['parts']}</td>"
-            f"<td class='num'>{_pct(c['rate'])}</td></tr>"
+            f"<td class='num'>{_pct(c['rate'], c['n'])}</td></tr>"
         )
     out += [
         "</table><h2>Defect rate by camera</h2><table id='by-camera'>",
@@ -268,7 +284,8 @@ def batch_report_html(report: BatchReport, path: str | Path, *, max_thumbnails: 
             f"<tr data-camera='{e(camera)}'><td>{e(camera)}</td>"
             f"<td class='num inspected'>{c['inspected']}</td>"
             f"<td class='num failed'>{c['failed']}</td><td class='num'>{c['rejected']}</td>"
-            f"<td><span class='bar' style='width:{width}px'></span>{_pct(c['rate'])}</td></tr>"
+            f"<td><span class='bar' style='width:{width}px'></span>{_pct(c['rate'], c['n'])}</td>"
+            "</tr>"
         )
     out.append("</table>")
     out.append("<h2>Rejected inputs</h2>")
@@ -287,6 +304,22 @@ def batch_report_html(report: BatchReport, path: str | Path, *, max_thumbnails: 
         out.append("</table>")
     else:
         out.append("<p>None.</p>")
+    if report.not_kept:
+        out.append(
+            f"<h2>Not seen: images not kept ({len(report.not_kept)}, in no rate)</h2>"
+            "<table id='not-kept'><tr><th>part</th><th>stored verdict</th><th>why</th></tr>"
+        )
+        for n in report.not_kept[:max_thumbnails]:
+            out.append(
+                f"<tr class='not-kept'><td>{e(n.ref)}</td><td>{e(str(n.stored or '-'))}</td>"
+                f"<td>{e(n.reason)}</td></tr>"
+            )
+        if len(report.not_kept) > max_thumbnails:
+            out.append(
+                f"<tr><td colspan='3'>... and {len(report.not_kept) - max_thumbnails} "
+                "more</td></tr>"
+            )
+        out.append("</table>")
     worst = {p.sha256 for p in report.worst()}
     shown = sorted(
         (p for p in report.parts if p.thumbnail),
@@ -308,3 +341,80 @@ def batch_report_html(report: BatchReport, path: str | Path, *, max_thumbnails: 
     out.append("</div></body></html>")
     path.write_text("\n".join(out), encoding="utf-8")
     return path
+
+
+def class_table(report: BatchReport) -> list[dict[str, Any]]:
+    """Rows of the per-class table: class, defects, parts, rate over n (and a total row)."""
+    rows: list[dict[str, Any]] = [
+        {
+            "class": name,
+            "defects": c["defects"],
+            "parts": c["parts"],
+            "rate": _pct(c["rate"], c["n"]),
+        }
+        for name, c in report.per_class().items()
+    ]
+    rows.append(
+        {
+            "class": "any (failed parts)",
+            "defects": sum(p.n_defects for p in report.parts),
+            "parts": report.failed,
+            "rate": _pct(report.defect_rate, report.inspected),
+        }
+    )
+    if report.not_kept:
+        rows.append(
+            {
+                "class": "not seen (images not kept; in no rate)",
+                "defects": None,
+                "parts": len(report.not_kept),
+                "rate": "-",
+            }
+        )
+    return rows
+
+
+def summary_markdown(report: BatchReport, *, worst: int = 10) -> str:
+    """A markdown summary: counts, what was not seen, rate by camera, the worst parts, rejects."""
+    lines = [
+        f"# {report.title}",
+        "",
+        f"Model `{report.model_version}`; {report.inputs} selected, {len(report.parts)} parts "
+        f"seen: {report.inspected} inspected, {report.failed} failed "
+        f"({_pct(report.defect_rate, report.inspected)}), {len(report.rejected)} rejected; "
+        f"{len(report.not_kept)} not seen (images not kept), {len(report.missing)} not found. "
+        f"New rows {report.inserted}, already stored {report.duplicates}.",
+    ]
+    if report.coverage_note:
+        lines += ["", f"**What this batch could not see:** {report.coverage_note}"]
+    lines += [
+        "",
+        "## Defect rate by camera",
+        "",
+        "| camera | inspected | failed | rejected | rate |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for camera, c in report.by_camera().items():
+        lines.append(
+            f"| {camera} | {c['inspected']} | {c['failed']} | {c['rejected']} "
+            f"| {_pct(c['rate'], c['n'])} |"
+        )
+    lines += ["", f"## Worst parts (top {worst})", ""]
+    bad = report.worst(worst)
+    if bad:
+        lines += ["| part | camera | defects | area px | max score |", "|---|---|---:|---:|---:|"]
+        lines += [
+            f"| `{p.uri}` | {p.camera or '-'} | "
+            + ", ".join(f"{n} {c}" for c, n in sorted(p.classes.items()))
+            + f" | {p.defect_area} | {p.max_score:.2f} |"
+            for p in bad
+        ]
+    else:
+        lines.append("No failed parts.")
+    if report.rejected or report.missing:
+        lines += ["", "## Rejected inputs", ""]
+        lines += [f"- `{p.uri}`: {p.error_kind}: {p.error_message}" for p in report.rejected]
+        lines += [f"- `{m.ref}`: not found: {m.reason}" for m in report.missing]
+    if report.report_path is not None:
+        lines += ["", f"Report: `{report.report_path}`"]
+    return "\n".join(lines) + "\n"

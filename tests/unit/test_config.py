@@ -328,3 +328,70 @@ def test_pass_classes_are_recorded_but_never_fail_the_part() -> None:
     assert [d.class_name for d in lenient.defects] == ["stain"]
     with pytest.raises(ConfigError, match="unknown pass_classes"):
         PostprocessConfig.from_spec(spec, LineConfig(name="c", pass_classes=["dent"]))
+
+
+def test_a_password_anywhere_in_a_url_of_the_plant_file_is_an_error(tmp_path: Path) -> None:
+    text = (
+        "lines:\n"
+        "  l1:\n"
+        "    source: redis://redis:6379/0?stream=s&password=hunter2\n"
+        "  l2:\n"
+        "    source: rediss://redis:6380/0?stream=t&ssl_password=hunter3\n"
+        "retrain_recipe:\n"
+        "  upload: https://store.example/models?token=hunter4\n"
+    )
+    path = _write(tmp_path, text)
+    issues = _by_path(check_config_file(path))
+    assert set(issues) == {"lines.l1.source", "lines.l2.source", "retrain_recipe.upload"}
+    assert issues["lines.l1.source"].line == 3
+    assert "query parameter 'password'" in issues["lines.l1.source"].message
+    assert "DEFECTSCAN_REDIS_URL" in issues["lines.l1.source"].message
+    assert issues["retrain_recipe.upload"].line == 7
+    for issue in issues.values():
+        assert "hunter" not in issue.message
+    with pytest.raises(ConfigError, match="holds a password") as exc:
+        load_settings(path)
+    assert "hunter" not in str(exc.value)
+
+
+def test_url_secrets_are_masked_everywhere_they_are_shown(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from defectscan.logs import configure_logging
+
+    assert mask_url("redis://h:6379/0?stream=s&password=pw") == (
+        "redis://h:6379/0?stream=s&password=***"
+    )
+    assert mask_url("redis://u:pw@h/0?token=abc&db=1") == "redis://u:***@h/0?token=***&db=1"
+    assert mask_url("no url here: password=x") == "no url here: password=x"
+
+    monkeypatch.setenv("DEFECTSCAN_REDIS_URL", "redis://h:6379/0?password=s3cret")
+    code, out, _ = run_cli(["config", "show", "--json"], capsys)
+    assert code == 0
+    assert "s3cret" not in out
+    assert json.loads(out)["redis_url"] == "redis://h:6379/0?password=***"
+
+    stream = io.StringIO()
+    configure_logging(logging.INFO, "text", stream=stream)
+    try:
+        logging.getLogger("defectscan.test").warning(
+            "cannot reach %s", "redis://h:6379/0?stream=s&password=s3cret"
+        )
+    finally:
+        configure_logging(logging.WARNING, "text")
+    assert "s3cret" not in stream.getvalue()
+    assert "password=***" in stream.getvalue()
+
+
+def test_redis_urls_borrow_the_credentials_of_defectscan_redis_url() -> None:
+    from defectscan.config import with_redis_credentials
+
+    env = "redis://app:pw@redis:6379/0"
+    assert with_redis_credentials("redis://other:6380/2?x=1", env) == (
+        "redis://app:pw@other:6380/2?x=1"
+    )
+    assert with_redis_credentials("redis://me:mine@other/0", env) == "redis://me:mine@other/0"
+    assert with_redis_credentials("redis://other/0", "redis://redis/0") == "redis://other/0"
+    assert with_redis_credentials("redis://other/0", None) == "redis://other/0"

@@ -108,7 +108,7 @@ def test_depends_on_names_services(compose: dict[str, Any]) -> None:
         deps = service.get("depends_on", {})
         for dep in deps if isinstance(deps, list) else deps.keys():
             assert dep in services, f"{name} depends on missing service {dep!r}"
-    for name in ("serve", "monitor-line3"):
+    for name in [n for n in services if n == "serve" or n.startswith("monitor-")]:
         migrate = services[name]["depends_on"]["migrate"]
         assert migrate["condition"] == "service_completed_successfully", name
 
@@ -231,3 +231,36 @@ def test_example_plant_file_passes_config_check() -> None:
     from defectscan.config import check_config_file
 
     assert check_config_file(DOCKER / "plant.example.yaml") == []
+
+
+def _option(command: list[str], name: str) -> str | None:
+    return command[command.index(name) + 1] if name in command else None
+
+
+def test_one_long_lived_monitor_per_line_each_on_its_own_metrics_port(
+    compose: dict[str, Any],
+) -> None:
+    """Every line with a source has its own monitor service (compose restarts it), no two
+    monitors share a /metrics port, Prometheus scrapes each, and serve starts no monitor."""
+    from defectscan.config import load_settings
+
+    settings = load_settings(DOCKER / "plant.example.yaml")
+    lines = sorted(name for name, line in settings.lines.items() if line.source)
+    services = compose["services"]
+    monitors = {n: s for n, s in services.items() if n.startswith("monitor-")}
+    assert sorted(monitors) == [f"monitor-{name}" for name in lines]
+    ports = {}
+    for name, service in monitors.items():
+        command = service["command"]
+        assert command[0] == "monitor", name
+        assert _option(command, "--line") == name.removeprefix("monitor-"), name
+        port = _option(command, "--metrics-port")
+        assert port is not None, f"{name}: give it its own --metrics-port"
+        assert int(port) > 0, f"{name}: /metrics off"
+        ports[name] = int(port)
+        assert service.get("restart") == "unless-stopped", name
+    assert len(set(ports.values())) == len(ports), f"two monitors share a port: {ports}"
+    assert "--no-monitors" in services["serve"]["command"]
+    prom = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+    targets = set(prom["scrape_configs"][0]["static_configs"][0]["targets"])
+    assert {f"{name}:{port}" for name, port in ports.items()} <= targets

@@ -137,3 +137,40 @@ def test_stop_frees_the_port_and_serve_twice_is_an_error() -> None:
     m.stop()
     assert m.port is None
     m.stop()  # idempotent
+
+
+def test_a_port_taken_by_another_monitor_is_an_error_not_a_crash(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = MonitorMetrics()
+    first.serve(0)
+    port = first.port
+    assert port is not None
+    second = MonitorMetrics()
+    try:
+        with caplog.at_level("ERROR", logger="defectscan.metrics"):
+            assert second.serve(port) is None  # the second monitor on the host: no exception
+        assert second.port is None
+        assert second.bind_error is not None
+        assert f":{port}" in second.bind_error
+        assert "metrics_port" in second.bind_error  # says how to fix it
+        assert second.bind_error in caplog.text
+        second.observe_plant_fault(line="L1", kind="archive")  # still counts, just not served
+        second.set_paused(line="L1", paused=True)
+        second.set_dead_letter_dropped(line="L1", dropped=3)
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_plant_fault_and_pause_metrics(metrics: MonitorMetrics) -> None:
+    metrics.observe_plant_fault(line="L3", kind="archive")
+    metrics.observe_plant_fault(line="L3", kind="archive")
+    metrics.set_paused(line="L3", paused=True)
+    metrics.set_dead_letter_dropped(line="L3", dropped=7)
+    s = _scrape(metrics)
+    assert _get(s, "defectscan_plant_faults_total", line="L3", kind="archive") == 2
+    assert _get(s, "defectscan_line_paused", line="L3") == 1
+    assert _get(s, "defectscan_dead_letter_dropped", line="L3") == 7
+    metrics.set_paused(line="L3", paused=False)
+    assert _get(_scrape(metrics), "defectscan_line_paused", line="L3") == 0

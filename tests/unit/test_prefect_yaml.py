@@ -1,4 +1,9 @@
-"""prefect.yaml declares for work pools exactly what `defectscan serve` serves."""
+"""prefect.yaml declares for work pools exactly what `defectscan serve` serves, and no monitor.
+
+A line monitor is a long-lived process, never a scheduled deployment: neither `serve` nor
+prefect.yaml may declare one (each run would be a new process that reloads the model and
+registers a new consumer).
+"""
 
 from __future__ import annotations
 
@@ -67,3 +72,33 @@ def test_every_entrypoint_imports() -> None:
     for d in _declared().values():
         module, func = d["entrypoint"].rsplit(".", 1)
         assert callable(getattr(importlib.import_module(module), func))
+
+
+def test_no_line_monitor_is_a_deployment() -> None:
+    from flows.serve import build_deployments
+
+    from defectscan.config import load_settings
+
+    settings = load_settings(REPO / "docker" / "plant.example.yaml")
+    assert any(line.source for line in settings.lines.values())  # lines with monitors exist
+    served = build_deployments(settings)
+    assert all("line_monitor" not in (d.entrypoint or "") for d in served)
+    assert all(not d.name.startswith("monitor-") for d in served)
+    declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    assert all("line_monitor" not in d["entrypoint"] for d in declared)
+    text = (REPO / "prefect.yaml").read_text()
+    assert "CANCEL_NEW" not in text
+    assert "interval:" not in text
+
+
+def test_batch_windows_count_back_from_the_scheduled_time() -> None:
+    from flows.serve import build_deployments
+
+    from defectscan.config import load_settings
+
+    settings = load_settings(REPO / "docker" / "plant.example.yaml")
+    batches = [d for d in build_deployments(settings) if d.name.startswith("batch-")]
+    assert batches
+    for d in batches:
+        # since/until are ages from the run's scheduled start: the window ends there
+        assert d.parameters["until"] == "0s", d.name

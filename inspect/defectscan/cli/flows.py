@@ -1,6 +1,8 @@
 """``defectscan serve``, ``retrain`` and ``batch``: the scheduled and operator-triggered flows.
 
-``serve`` serves every deployment of the plant from one process (needs a Prefect server).
+``serve`` serves every scheduled deployment of the plant from one process (needs a Prefect
+server) and supervises the plant's line monitors as child processes (restarted with back-off,
+stopped when serve stops).
 ``retrain`` submits the retrain deployment through ``run_deployment`` when a Prefect server
 answers (an idempotency key, so a double submit starts one run), and runs it in-process
 otherwise; its exit status says what happened: 0 a new champion (or, without ``--wait``, the
@@ -41,14 +43,39 @@ def serve_cmd(
         bool,
         typer.Option(
             "--monitors/--no-monitors",
-            help="Serve a line monitor per line too (off when monitors run as their own service).",
+            help="Run a line monitor per line with a source as a supervised child process (off "
+            "when the monitors run as their own services).",
         ),
     ] = True,
+    instance: Annotated[
+        str | None,
+        typer.Option(
+            "--instance",
+            envvar="DEFECTSCAN_SERVE_INSTANCE",
+            help="Name of this serve (default: host and var folder); a restarted serve crashes "
+            "only runs its own instance left.",
+        ),
+    ] = None,
+    restart_backoff: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds before a monitor that exited is started again; doubles with each "
+            "quick failure, up to 5 minutes.",
+        ),
+    ] = 2.0,
+    stop_grace: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Seconds a monitor gets to finish its batch when serve stops (then killed)."
+        ),
+    ] = 60.0,
 ) -> None:
-    """Serve every deployment (line monitors, batch inspections, retrain) with its schedule."""
+    """Serve the scheduled flows (batch inspections, retrain) and supervise the line monitors."""
     from defectscan.cli.common import CliUsageError, console
     from defectscan.config import get_settings
     from defectscan.orchestration import prefect_server_configured
+    from defectscan.supervisor import Backoff, monitor_children
 
     if not prefect_server_configured():
         msg = (
@@ -59,9 +86,21 @@ def serve_cmd(
     from flows.serve import build_deployments, serve_all
 
     settings = get_settings()
-    names = [d.full_name for d in build_deployments(settings, monitors=monitors)]
+    names = [d.full_name for d in build_deployments(settings)]
+    children = monitor_children(settings) if monitors else []
     console.print(f"serving {len(names)} deployments: {', '.join(names)}")
-    serve_all(settings, monitors=monitors)
+    if children:
+        console.print(
+            "supervising monitors: "
+            + ", ".join(f"{c.name} (/metrics :{c.metrics_port or 'off'})" for c in children)
+        )
+    serve_all(
+        settings,
+        monitors=monitors,
+        instance=instance,
+        backoff=Backoff(first_s=restart_backoff, max_s=max(300.0, restart_backoff)),
+        stop_grace_s=stop_grace,
+    )
 
 
 def _print_outcome(outcome: dict[str, Any], as_json: bool) -> int:
@@ -305,9 +344,12 @@ def batch_cmd(
         return
     console.print(
         f"{summary['parts']} parts: {summary['inspected']} inspected, {summary['failed']} failed, "
-        f"{summary['rejected']} rejected, {len(summary['missing'])} not found "
+        f"{summary['rejected']} rejected, {summary['not_kept']} not seen (images not kept), "
+        f"{len(summary['missing'])} not found "
         f"({summary['inserted']} new rows, {summary['duplicates']} already stored)"
     )
+    if summary.get("coverage_note"):
+        console.print(f"[yellow]{summary['coverage_note']}[/]")
     console.print(f"report: {summary['report']}")
 
 

@@ -1,9 +1,12 @@
 """``defectscan monitor`` and ``defectscan enqueue``: the line monitor and a stream producer.
 
-``monitor`` runs bounded line-monitor runs back to back until it is stopped: SIGINT or SIGTERM
-finishes the batch in hand (its rows committed, its images acknowledged) and exits 0. By
-default each run is a Prefect flow run (the ephemeral API without a server, or the server at
-``PREFECT_API_URL``); ``--no-prefect`` runs the same library loop without Prefect.
+``monitor`` is the long-lived process of a line: it loads the model once, keeps its source (and
+stable consumer name), serves /metrics and runs archive retention for as long as it runs, and
+reports its work as bounded line-monitor runs back to back until it is stopped: SIGINT or
+SIGTERM finishes the batch in hand (its rows committed, its images acknowledged) and exits 0.
+By default each run is a Prefect flow run (the ephemeral API without a server, whose temporary
+server dies with the monitor, or the server at ``PREFECT_API_URL``); ``--no-prefect`` runs the
+same library loop without Prefect.
 """
 
 from __future__ import annotations
@@ -92,19 +95,47 @@ def monitor_cmd(
     metrics_port: Annotated[
         int | None,
         typer.Option(
-            min=0, help="Serve Prometheus /metrics here (default DEFECTSCAN_METRICS_PORT; 0: off)."
+            min=0,
+            help="Serve Prometheus /metrics here (default: the line's metrics_port, else "
+            "DEFECTSCAN_METRICS_PORT; 0: off).",
         ),
     ] = None,
+    retention_every: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="Seconds between archive retention passes (the first is due at start unless "
+            "one ran more recently).",
+        ),
+    ] = 3600.0,
 ) -> None:
     """Watch a camera folder or Redis stream and inspect every image, until stopped."""
-    from defectscan.cli.common import console, in_worker_thread
-    from defectscan.config import get_settings
-    from defectscan.monitor import STOP, set_process_metrics
+    from defectscan.cli.common import CliUsageError, console, in_worker_thread
+    from defectscan.config import get_settings, mask_url, url_secrets
+    from defectscan.monitor import STOP
+    from defectscan.monitor_build import set_process_metrics
 
+    secrets = url_secrets(source) if source else []
+    if secrets:
+        # Checked before the first run: a flow run is created with its parameters, so a
+        # password in --source would be kept in Prefect's record of the run.
+        msg = (
+            f"--source {mask_url(source or '')} holds a password ({', '.join(secrets)}), which "
+            "anyone listing processes or reading flow runs can see: drop it from --source and "
+            "put the credentials in DEFECTSCAN_REDIS_URL=redis://:PASSWORD@HOST:PORT/DB (every "
+            "Redis source borrows them)"
+        )
+        raise CliUsageError(msg)
     settings = get_settings()
     chosen_model = model or str(settings.model_for(line))
     batch = batch_size
-    port = settings.metrics_port if metrics_port is None else metrics_port
+    line_cfg = settings.line(line)
+    if metrics_port is not None:
+        port = metrics_port
+    elif line_cfg is not None and line_cfg.metrics_port is not None:
+        port = line_cfg.metrics_port  # the line's own port: several monitors on one host
+    else:
+        port = settings.metrics_port
     metrics = None
     if port:
         from defectscan.metrics import MonitorMetrics
@@ -131,6 +162,7 @@ def monitor_cmd(
                 max_seconds=run_seconds,
                 idle_exit=idle_exit,
                 root=str(root) if root else None,
+                retention_every_s=retention_every,
             )
             total += int(summary["images"])
             if as_json:
@@ -158,22 +190,34 @@ def monitor_cmd(
 
 
 def _local_runner(**params: Any) -> dict[str, Any]:
-    from defectscan.monitor import build_monitor
+    from defectscan.config import get_settings
+    from defectscan.flow_params import check_monitor
+    from defectscan.monitor_build import build_monitor
+    from defectscan.retention import hand_over_retention, retention_due, run_retention
 
     global _LOCAL
     key = (params["source"], params["model"], params["line"], params["camera"])
     if _LOCAL is None or _LOCAL[0] != key:
-        _LOCAL = (
-            key,
-            build_monitor(
-                params["source"],
-                model=params["model"],
-                line=params["line"],
-                camera=params["camera"],
-                batch_size=params["batch_size"],
-                root=params["root"],
-            ),
+        check_monitor(
+            get_settings(),
+            **{k: params[k] for k in ("model", "line", "camera", "batch_size", "root")},
+            max_images=params["max_images"],
+            max_seconds=params["max_seconds"],
+            idle_exit=params["idle_exit"],
+            retention_every_s=params["retention_every_s"],
         )
+        monitor = build_monitor(
+            params["source"],
+            model=params["model"],
+            line=params["line"],
+            camera=params["camera"],
+            batch_size=params["batch_size"],
+            root=params["root"],
+        )
+        hand_over_retention(monitor)
+        _LOCAL = (key, monitor)
+    if retention_due(_LOCAL[1], every_s=params["retention_every_s"]):
+        run_retention(_LOCAL[1])
     summary = _LOCAL[1].run(
         max_images=params["max_images"],
         max_seconds=params["max_seconds"],
@@ -207,7 +251,12 @@ def enqueue_cmd(
     files: Annotated[list[Path], typer.Argument(help="Image files to put on the stream.")],
     stream: Annotated[str, typer.Option(help="Redis stream name (one per line).")],
     redis_url: Annotated[
-        str | None, typer.Option("--redis", help="Redis URL (default DEFECTSCAN_REDIS_URL).")
+        str | None,
+        typer.Option(
+            "--redis",
+            help="Redis URL without a password (default DEFECTSCAN_REDIS_URL, which lends its "
+            "credentials).",
+        ),
     ] = None,
     by_path: Annotated[
         bool, typer.Option("--by-path", help="Send paths relative to --root, not the bytes.")
@@ -215,13 +264,25 @@ def enqueue_cmd(
     root: Annotated[Path | None, typer.Option(help="Shared root the paths are under.")] = None,
     camera: Annotated[str | None, typer.Option(help="Camera name for each message.")] = None,
     line: Annotated[str | None, typer.Option(help="Line name for each message.")] = None,
+    max_len: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="The stream's cap in entries (default DEFECTSCAN_STREAM_MAX_LEN): over it, "
+            "wait for the monitors.",
+        ),
+    ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds to wait for room when the stream is full, then fail."),
+    ] = 30.0,
 ) -> None:
     """Put images on a Redis stream for the line monitor (a producer for cameras that push)."""
     import redis
 
     from defectscan.cli.common import CliUsageError, console
-    from defectscan.config import get_settings
-    from defectscan.sources.redis_stream import enqueue
+    from defectscan.config import get_settings, mask_url, url_secrets, with_redis_credentials
+    from defectscan.sources.redis_producer import enqueue
 
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -230,9 +291,27 @@ def enqueue_cmd(
     if by_path and root is None:
         msg = "--by-path needs --root: the directory the monitor's --root also points at"
         raise CliUsageError(msg)
-    client = redis.Redis.from_url(redis_url or get_settings().redis_url)
+    if redis_url and url_secrets(redis_url):
+        msg = (
+            f"--redis {mask_url(redis_url)} holds a password, which anyone listing processes can "
+            "read: drop it and set DEFECTSCAN_REDIS_URL=redis://:PASSWORD@HOST:PORT/DB instead"
+        )
+        raise CliUsageError(msg)
+    settings = get_settings()
+    url = with_redis_credentials(redis_url, settings.redis_url) if redis_url else settings.redis_url
+    client = redis.Redis.from_url(url)
     try:
-        ids = enqueue(client, stream, files, by_path=by_path, root=root, camera=camera, line=line)
+        ids = enqueue(
+            client,
+            stream,
+            files,
+            by_path=by_path,
+            root=root,
+            camera=camera,
+            line=line,
+            max_len=max_len or settings.stream_max_len,
+            wait_s=wait,
+        )
     finally:
         client.close()
     console.print(f"queued {len(ids)} images on {stream}")

@@ -2,7 +2,8 @@
 
 ``claim(n)`` hands out records; each is settled once after its row is committed: ``ack``
 (inspected), ``reject`` (quarantined with its error row) or ``release`` (processing failed,
-deliver again). Sources know nothing of torch or the database.
+deliver again; ``charge=False`` when the plant, not the image, failed). ``renew`` keeps the
+claim of a long batch. Sources know nothing of torch or the database.
 
 The package is lazy: ``redis`` and ``watchdog`` are imported only when a source that needs them
 is used. :func:`open_source` builds a source from a spec string:
@@ -10,29 +11,41 @@ is used. :func:`open_source` builds a source from a spec string:
 - ``folder:PATH``: a camera folder (:class:`~defectscan.sources.folder.FolderSource`);
 - ``redis://HOST:PORT/DB?stream=NAME[&group=G&consumer=C]`` (or ``rediss://``): a Redis stream
   (:class:`~defectscan.sources.redis_stream.RedisStreamSource`); ``claim_idle_ms``,
-  ``max_deliveries`` and ``block_ms`` tune the source, other query parameters go to the Redis
-  client (``socket_timeout=...``);
+  ``max_deliveries``, ``block_ms``, ``dead_max_len``, ``max_file_bytes`` and
+  ``consumer_idle_ms`` tune the source, other query parameters go to the Redis client
+  (``socket_timeout=...``);
 - ``redis:NAME``: the stream ``NAME`` on the server ``redis_url`` (the settings' Redis).
+
+Credentials come only from ``redis_url`` (``DEFECTSCAN_REDIS_URL``): a Redis spec that names no
+user or password borrows that URL's. A spec with a password of its own (``user:PASSWORD@``,
+``?password=``) is refused: it would show in process lists, flow-run parameters and logs.
+The default consumer name is stable: host, line and camera.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from defectscan.config import mask_url, url_secrets, with_redis_credentials
 from defectscan.errors import ConfigError
-from defectscan.sources.base import ImageRecord, Source
+from defectscan.sources.base import ImageRecord, Source, SourceFaultError
 
 if TYPE_CHECKING:
     from defectscan.sources.folder import FolderSource
-    from defectscan.sources.redis_stream import RedisStreamSource, enqueue, trim_stream
+    from defectscan.sources.redis_groups import trim_stream
+    from defectscan.sources.redis_producer import StreamFullError, enqueue
+    from defectscan.sources.redis_stream import RedisStreamSource
 
 __all__ = [
     "FolderSource",
     "ImageRecord",
     "RedisStreamSource",
     "Source",
+    "SourceFaultError",
+    "StreamFullError",
     "enqueue",
     "open_source",
     "trim_stream",
@@ -41,11 +54,19 @@ __all__ = [
 _LAZY = {
     "FolderSource": "defectscan.sources.folder",
     "RedisStreamSource": "defectscan.sources.redis_stream",
-    "enqueue": "defectscan.sources.redis_stream",
-    "trim_stream": "defectscan.sources.redis_stream",
+    "StreamFullError": "defectscan.sources.redis_producer",
+    "enqueue": "defectscan.sources.redis_producer",
+    "trim_stream": "defectscan.sources.redis_groups",
 }
-_SOURCE_PARAMS = ("stream", "group", "consumer", "claim_idle_ms", "max_deliveries", "block_ms")
-_INT_PARAMS = ("claim_idle_ms", "max_deliveries", "block_ms")
+_INT_PARAMS = (
+    "claim_idle_ms",
+    "max_deliveries",
+    "block_ms",
+    "dead_max_len",
+    "max_file_bytes",
+    "consumer_idle_ms",
+)
+_SOURCE_PARAMS = ("stream", "group", "consumer", *_INT_PARAMS)
 
 
 def __getattr__(name: str) -> Any:
@@ -61,6 +82,7 @@ def open_source(
     *,
     line: str | None = None,
     camera: str | None = None,
+    consumer: str | None = None,
     redis_url: str | None = None,
     root: str | None = None,
     **kw: Any,
@@ -68,7 +90,22 @@ def open_source(
     """The source a spec string names; ``kw`` goes to the source's constructor.
 
     ``root`` is the folder by-path Redis messages are relative to (unused for folders).
+    ``consumer`` names the Redis consumer (default: the spec's ``consumer=``, else host, line
+    and camera). ``redis_url`` (default ``DEFECTSCAN_REDIS_URL``) is the server of
+    ``redis:NAME`` and lends its credentials to a ``redis://`` spec that names none.
     """
+    if redis_url is None:
+        redis_url = os.environ.get("DEFECTSCAN_REDIS_URL")
+    secrets = url_secrets(spec)
+    if secrets:
+        msg = (
+            f"source {mask_url(spec)} holds a password ({', '.join(secrets)}): a password on a "
+            "command line or in a flow parameter is visible to anyone who can list processes "
+            "or read runs. Drop it from the source and set DEFECTSCAN_REDIS_URL="
+            "redis://:PASSWORD@HOST:PORT/DB in the environment: every Redis source borrows its "
+            "credentials"
+        )
+        raise ConfigError(msg)
     scheme, sep, rest = spec.partition(":")
     scheme = scheme.lower()
     if sep and scheme == "folder":
@@ -78,8 +115,11 @@ def open_source(
         from defectscan.sources.folder import FolderSource
 
         return FolderSource(rest, line=line, camera=camera, **kw)
+    if consumer is not None:
+        kw["consumer"] = consumer
     if sep and scheme in ("redis", "rediss") and rest.startswith("//"):
-        return _open_redis(spec, line=line, camera=camera, root=root, **kw)
+        full = with_redis_credentials(spec, redis_url)
+        return _open_redis(full, line=line, camera=camera, root=root, **kw)
     if sep and scheme == "redis" and rest:
         if redis_url is None:
             msg = (
@@ -112,7 +152,7 @@ def _open_redis(
     params = dict(parse_qsl(parts.query))
     stream = params.get("stream")
     if not stream:
-        msg = f"Redis source {_redact(url)} names no stream: add ?stream=NAME (one per line)"
+        msg = f"Redis source {mask_url(url)} names no stream: add ?stream=NAME (one per line)"
         raise ConfigError(msg)
     client_query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k not in _SOURCE_PARAMS])
     client_url = urlunsplit(parts._replace(query=client_query))
@@ -121,7 +161,7 @@ def _open_redis(
             client_url, decode_responses=False, health_check_interval=30, socket_keepalive=True
         )
     except (ValueError, TypeError) as exc:
-        msg = f"invalid Redis URL {_redact(url)}: {exc}"
+        msg = f"invalid Redis URL {mask_url(url)}: {exc}"
         raise ConfigError(msg) from exc
     options: dict[str, Any] = {"owns_client": True}
     for key in ("group", "consumer"):
@@ -132,7 +172,7 @@ def _open_redis(
             try:
                 options[key] = int(params[key])
             except ValueError:
-                msg = f"Redis source {_redact(url)}: {key} must be a whole number"
+                msg = f"Redis source {mask_url(url)}: {key} must be a whole number"
                 raise ConfigError(msg) from None
     options.update(kw)
     try:
@@ -140,11 +180,3 @@ def _open_redis(
     except BaseException:
         client.close()
         raise
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -18,8 +18,10 @@ source's own folders live beside the images; files in other subfolders are never
     root/rejected/x.png                 quarantined, with ``x.png.error.json`` (reason, time,
                                         deliveries)
 
-Records are path records. ``id`` is the file's name in ``processing/`` (the camera's name,
-with ``~N`` added only when that name is already taken), stable across redeliveries. ``uri`` is
+Records are path records, read without following symlinks. ``id`` is the file's name in
+``processing/`` (the camera's name, with ``~N`` added only when that name is already taken),
+stable across redeliveries; ``source_key`` is ``folder:<root>/<camera's name>:<size>:<mtime_ns>``
+as captured at the first claim, so the same name written again later is a new delivery. ``uri`` is
 the ``file:`` URI of the place the camera wrote the image (``root/x.png``): the one name an
 operator knows, stable across redeliveries, whereas ``processing/`` is transient and the final
 place (``done/<date>/``, ``rejected/`` or nowhere after a delete) is only decided when the record
@@ -49,7 +51,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from defectscan.errors import ConfigError, SourceError
-from defectscan.sources.base import ImageRecord
+from defectscan.sources.base import ImageRecord, SourceFaultError
 
 __all__ = ["IMAGE_SUFFIXES", "FolderSource"]
 
@@ -87,6 +89,8 @@ class _Sidecar:
     deliveries: int
     original: str
     last_error: str | None = None
+    size: int | None = None  # the file's size and mtime at the first claim (its identity)
+    mtime_ns: int | None = None
 
     def dump(self) -> bytes:
         data = {
@@ -94,6 +98,8 @@ class _Sidecar:
             "deliveries": self.deliveries,
             "original": self.original,
             "last_error": self.last_error,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
         }
         return json.dumps(data).encode()
 
@@ -106,6 +112,8 @@ class _Sidecar:
                 deliveries=int(data.get("deliveries", 1)),
                 original=str(data.get("original") or name),
                 last_error=data.get("last_error"),
+                size=_int_or_none(data.get("size")),
+                mtime_ns=_int_or_none(data.get("mtime_ns")),
             )
         except (ValueError, TypeError, AttributeError):
             # A damaged sidecar: the file was delivered at least once; nobody owns it.
@@ -241,7 +249,7 @@ class FolderSource:
                 f"check permissions and free space under {self.root}; they stay in "
                 "processing/ and are delivered again on restart"
             )
-            raise SourceError(msg)
+            raise SourceFaultError(msg)
 
     def reject(self, record: ImageRecord, error: str) -> None:
         """Move the file into ``rejected/`` beside a ``<name>.error.json`` with the reason."""
@@ -259,7 +267,7 @@ class FolderSource:
                     f"could not quarantine {src} into {self.rejected}: {exc.strerror or exc}; "
                     "check permissions and free space"
                 )
-                raise SourceError(msg) from exc
+                raise SourceFaultError(msg) from exc
             report = {
                 "id": record.id,
                 "original": record.meta.get("original", name),
@@ -275,8 +283,12 @@ class FolderSource:
             self._forget(name)
             logger.info("rejected %s: %s", dst, error)
 
-    def release(self, records: Sequence[ImageRecord], error: str) -> None:
-        """Keep the files in ``processing/``; the next claim hands them out again."""
+    def release(self, records: Sequence[ImageRecord], error: str, *, charge: bool = True) -> None:
+        """Keep the files in ``processing/``; the next claim hands them out again.
+
+        ``charge=False`` (a fault of the plant) takes the delivery back: it does not count
+        toward ``max_deliveries``.
+        """
         with self._lock:
             for record in records:
                 name = self._name_of(record)
@@ -286,10 +298,15 @@ class FolderSource:
                     logger.warning("release: %s is no longer in %s", name, self.processing)
                     continue
                 sidecar.last_error = error
+                if not charge:
+                    sidecar.deliveries = max(0, sidecar.deliveries - 1)
                 _write_atomic(self._sidecar_path(name), sidecar.dump())
                 if name not in self._redeliver:
                     self._redeliver.append(name)
             self._wake.set()
+
+    def renew(self, records: Sequence[ImageRecord]) -> None:
+        """Nothing to do: a claimed file stays ours while this source's owner lock is held."""
 
     def backlog(self) -> int:
         """Candidate image files waiting at the top level of ``root``."""
@@ -414,12 +431,15 @@ class FolderSource:
         sidecar = self._read_sidecar(name) or _Sidecar(self.owner, 0, name)
         sidecar.owner = self.owner
         sidecar.deliveries += 1
-        _write_atomic(self._sidecar_path(name), sidecar.dump())
-        self._inflight.add(name)
         path = self.processing / name
         captured_at: datetime | None = None
         with contextlib.suppress(OSError):
-            captured_at = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+            st = path.stat(follow_symlinks=False)
+            captured_at = datetime.fromtimestamp(st.st_mtime, tz=UTC)
+            if sidecar.size is None or sidecar.mtime_ns is None:
+                sidecar.size, sidecar.mtime_ns = st.st_size, st.st_mtime_ns
+        _write_atomic(self._sidecar_path(name), sidecar.dump())
+        self._inflight.add(name)
         error_kind = error_message = None
         failed = sidecar.deliveries - 1
         if failed >= self.max_deliveries:
@@ -444,7 +464,14 @@ class FolderSource:
             deliveries=sidecar.deliveries,
             error_kind=error_kind,
             error_message=error_message,
-            meta={"original": sidecar.original, "processing": str(path)},
+            meta={
+                "original": sidecar.original,
+                "processing": str(path),
+                "nofollow": True,
+                "source_key": (
+                    f"folder:{self.root}/{sidecar.original}:{sidecar.size}:{sidecar.mtime_ns}"
+                ),
+            },
         )
 
     # ------------------------------------------------------------------ crash recovery
@@ -666,3 +693,10 @@ def _listdir(folder: Path) -> list[str]:
         return os.listdir(folder)
     except FileNotFoundError:
         return []
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None

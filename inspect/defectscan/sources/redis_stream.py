@@ -1,70 +1,89 @@
 """A Redis stream as an image source: one stream per line, one consumer group, many consumers.
 
-Messages carry the image bytes (field ``data``) or a path (field ``path``) relative to the
-source's ``root``; optional fields: ``camera``, ``line``, ``captured_at`` (ISO 8601 or epoch
-seconds), ``name``. :func:`enqueue` is the matching producer.
+Messages carry the image bytes or a path under the source's ``root``
+(:mod:`~defectscan.sources.redis_messages`); :func:`~defectscan.sources.redis_producer.enqueue`
+is the matching producer. Delivery is at least once; each entry is settled once, after its row
+is committed:
 
-Delivery is at least once, and each entry is settled once after its row is committed:
+- ``claim`` reads this consumer's own pending entries (at start, and again after a ``release``
+  or a lost connection), then entries of dead consumers idle longer than ``claim_idle_ms``
+  (XAUTOCLAIM, a pass every ``claim_idle_ms / 2``), then new entries. ``renew`` keeps a long
+  batch's claim (XCLAIM JUSTID on what this consumer still owns).
+- ``ack`` XACKs, then deletes what every group has acknowledged (XTRIM MINID, never past
+  anything pending or undelivered). An XACK that cannot reach Redis is retried on the next call.
+- ``reject`` moves the entry to the dead-letter stream ``<stream>:dead`` (the original fields
+  plus ``reason``, ``original_id``, ``deliveries``, ...) and XACKs it, in one transaction. That
+  stream keeps ``dead_max_len`` entries; what falls off is counted (``<stream>:dead:dropped``,
+  :attr:`RedisStreamSource.dead_dropped`, ``on_dead_overflow``) and logged as an error.
+- ``release`` leaves the entries pending and counts a delivery; ``charge=False`` (a fault of
+  the plant) sets the counter back (XCLAIM RETRYCOUNT). An entry delivered more than
+  ``max_deliveries`` times is handed out as poison, a by-path message that escapes ``root`` as
+  ``error_kind="path"``: each gets an error row and goes to the dead-letter stream.
 
-- ``claim`` reads, in this order: this consumer's own pending entries (at start, and again after
-  a ``release`` or a lost connection: XREADGROUP from id ``0``), entries of dead consumers idle
-  longer than ``claim_idle_ms`` (XAUTOCLAIM, a pass every ``claim_idle_ms / 2``, its cursor
-  followed until ``0-0``), then new entries (XREADGROUP ``>``).
-- ``ack`` is XACK only. An XACK that cannot reach Redis is retried on the next call; if the
-  process dies first, the entry is still pending and another consumer reclaims it (writes are
-  idempotent, so the second inspection stores nothing new).
-- ``reject`` moves the entry to the dead-letter stream ``<stream>:dead`` (original fields plus
-  ``reason``, ``original_id``, ``deliveries``, ``consumer``, ...) and XACKs it, in one
-  MULTI/EXEC transaction.
-- An entry delivered more than ``max_deliveries`` times (XPENDING's counter) is handed out as
-  poison (``error_kind="poison"``): it gets an error row and goes to the dead-letter stream
-  instead of crash-looping the monitor. A by-path message that escapes ``root`` is handed out
-  with ``error_kind="path"`` the same way.
+The default consumer name is ``HOST-LINE-CAMERA``, leased so two live processes never share it
+(:class:`~defectscan.sources.redis_groups.ConsumerLease`): a restarted monitor gets its own
+pending entries back at once. :meth:`RedisStreamSource.prune_consumers` deletes consumers idle
+longer than ``consumer_idle_ms`` that hold no pending entries.
 
-A restarted consumer with the same name (set ``consumer`` explicitly) picks up its own pending
-entries at once; with the default name (host and pid) they come back through XAUTOCLAIM after
-``claim_idle_ms``, which must exceed the longest time a batch can take to inspect.
-
-Connection loss (Redis restarted) is retried with backoff for ``retry_s`` seconds per call;
-``claim`` then returns what it has (possibly nothing) and ``ack`` remembers what it owes: neither
-raises to the caller. Metrics (``backlog``, ``pending``, ``lag``) and ``trim`` raise
-:class:`~defectscan.errors.SourceError`.
+A lost connection is retried for ``retry_s`` seconds per call; ``claim`` then returns what it has
+and ``ack`` remembers what it owes. Refusals of the plant (out of memory, wrong password, no
+permission) raise :class:`~defectscan.sources.base.SourceFaultError` at once; metrics
+(``backlog``, ``pending``, ``lag``) and ``trim`` raise :class:`~defectscan.errors.SourceError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import redis
 
 from defectscan.errors import ConfigError, SourceError
 from defectscan.sources.base import ImageRecord
+from defectscan.sources.redis_commands import (
+    RedisUnavailableError,
+    autoclaim_page,
+    call_redis,
+    checked_block_ms,
+    dead_letter,
+    delivery_counts,
+    group_info,
+    is_oom,
+    lag_of,
+    redis_fault,
+)
+from defectscan.sources.redis_groups import (
+    ConsumerLease,
+    default_consumer_name,
+    prune_consumers,
+    reclaim_own,
+    trim_acked,
+    trim_stream,
+)
+from defectscan.sources.redis_messages import (
+    Fields,
+    MessageRules,
+    build_record,
+    dead_fields,
+    entries,
+)
+from defectscan.sources.redis_producer import enqueue
 
-__all__ = ["RedisStreamSource", "enqueue", "trim_stream"]
+__all__ = ["RedisStreamSource", "enqueue", "trim_stream"]  # the producer's, kept importable here
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Fields = dict[bytes, bytes]
 
-_RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _AUTOCLAIM_PAGE = 100  # Redis's own default COUNT for XAUTOCLAIM
-_LAG_SCAN_CAP = 100_000
-_ENQUEUE_BATCH = 64
-
-
-class _UnavailableError(Exception):
-    """Redis stayed unreachable for the whole retry budget."""
+_MIN_LEASE_MS = 120_000
 
 
 class RedisStreamSource:
@@ -90,30 +109,26 @@ class RedisStreamSource:
         claim_idle_ms: int = 60_000,
         max_deliveries: int = 5,
         dead_suffix: str = ":dead",
+        dead_max_len: int = 10_000,
+        max_file_bytes: int | None = 256 * 1024 * 1024,
+        consumer_idle_ms: int = 600_000,
+        on_dead_overflow: Callable[[int, str], None] | None = None,
         retry_s: float = 5.0,
         owns_client: bool = False,
     ) -> None:
         if not stream:
             msg = "the stream name is empty: pass the line's stream, e.g. 'defectscan:line1'"
             raise ConfigError(msg)
-        if max_deliveries < 1 or claim_idle_ms < 1 or block_ms < 1:
-            msg = "max_deliveries, claim_idle_ms and block_ms must be at least 1"
+        if min(max_deliveries, claim_idle_ms, block_ms, dead_max_len) < 1:
+            msg = "max_deliveries, claim_idle_ms, block_ms and dead_max_len must be at least 1"
             raise ConfigError(msg)
-        kwargs = client.connection_pool.connection_kwargs
-        if kwargs.get("decode_responses"):
-            msg = (
-                "the Redis client decodes responses to str, which corrupts image bytes: "
-                "create it with decode_responses=False"
-            )
+        if (max_file_bytes is not None and max_file_bytes < 1) or consumer_idle_ms < 0:
+            msg = "max_file_bytes must be at least 1 and consumer_idle_ms at least 0"
             raise ConfigError(msg)
-        socket_timeout = kwargs.get("socket_timeout", kwargs.get("orig_socket_timeout"))
-        if socket_timeout and block_ms >= socket_timeout * 1000:
-            # A blocking read longer than the socket timeout would fail as a lost connection.
-            block_ms = max(1, int(socket_timeout * 500))
+        block_ms = checked_block_ms(client, block_ms)
         self.client = client
         self.stream = stream
         self.group = group
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.dead_stream = f"{stream}{dead_suffix}"
         self.line = line
         self.camera = camera
@@ -121,8 +136,23 @@ class RedisStreamSource:
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
+        self.dead_max_len = dead_max_len
+        self.max_file_bytes = max_file_bytes
+        self.consumer_idle_ms = consumer_idle_ms
+        self.on_dead_overflow = on_dead_overflow
+        #: Entries this source pushed off the capped dead-letter stream.
+        self.dead_dropped = 0
         self.retry_s = retry_s
         self.name = f"redis:{stream}"
+        self._rules = MessageRules(
+            stream=stream,
+            dead_stream=self.dead_stream,
+            root=self.root,
+            max_deliveries=max_deliveries,
+            max_file_bytes=max_file_bytes,
+            line=line,
+            camera=camera,
+        )
         self._owns_client = owns_client
         self._lock = threading.RLock()
         self._inflight: dict[str, Fields] = {}
@@ -131,9 +161,19 @@ class RedisStreamSource:
         self._history_from: str | None = "0"
         self._autoclaim_cursor: str | None = None
         self._next_autoclaim = 0.0
+        self._lease: ConsumerLease | None = None
         try:
+            if consumer:
+                self.consumer = consumer
+            else:
+                ttl = max(2 * claim_idle_ms, _MIN_LEASE_MS)
+                self._lease = ConsumerLease(client, stream, group, ttl_ms=ttl)
+                base = default_consumer_name(line, camera)
+                self.consumer = self._call(
+                    "lease a consumer name", partial(self._lease.acquire, base)
+                )
             self._call("create consumer group", self._ensure_group)
-        except _UnavailableError as exc:
+        except RedisUnavailableError as exc:
             msg = f"{self.name}: {exc}: check that Redis runs and the URL is right"
             raise SourceError(msg) from exc
 
@@ -147,6 +187,7 @@ class RedisStreamSource:
         out: list[ImageRecord] = []
         with self._lock:
             try:
+                self._refresh_lease()
                 self._settle_owed()
                 if self._history_from is not None:
                     out += self._read_history(n)
@@ -162,7 +203,7 @@ class RedisStreamSource:
                         break
                     if self._autoclaim_due():  # a long wait still reclaims from the dead
                         out += self._autoclaim(n - len(out))
-            except _UnavailableError as exc:
+            except RedisUnavailableError as exc:
                 # Something may have been delivered to us before the connection dropped:
                 # re-read our own pending list once Redis answers again.
                 self._history_from = "0"
@@ -172,7 +213,7 @@ class RedisStreamSource:
         return out
 
     def ack(self, records: Sequence[ImageRecord]) -> None:
-        """XACK the records (their rows are committed); retried later if Redis is away."""
+        """XACK the records (rows committed), then delete what every group has acknowledged."""
         ids = [record.id for record in records]
         with self._lock:
             for entry_id in ids:
@@ -180,7 +221,7 @@ class RedisStreamSource:
             self._owed_acks.update(ids)
             try:
                 self._settle_owed()
-            except _UnavailableError as exc:
+            except RedisUnavailableError as exc:
                 logger.warning(
                     "ack on %s: %s; %d entr(ies) stay pending and are acked on the next call",
                     self.name,
@@ -189,7 +230,7 @@ class RedisStreamSource:
                 )
 
     def reject(self, record: ImageRecord, error: str) -> None:
-        """Move the entry to the dead-letter stream and XACK it, in one transaction."""
+        """Move the entry to the (capped) dead-letter stream and XACK it, in one transaction."""
         with self._lock:
             entry_id = record.id
             fields = self._inflight.pop(entry_id, None)
@@ -199,35 +240,83 @@ class RedisStreamSource:
                         "read entry", lambda: self.client.xrange(self.stream, entry_id, entry_id)
                     )
                     fields = dict(found[0][1]) if found else {}
-                dead: dict[Any, Any] = dict(fields)
-                dead.update(
-                    {
-                        b"reason": error,
-                        b"error_kind": record.error_kind or "",
-                        b"original_id": entry_id,
-                        b"original_stream": self.stream,
-                        b"group": self.group,
-                        b"consumer": self.consumer,
-                        b"deliveries": str(record.deliveries),
-                        b"rejected_at": datetime.now(UTC).isoformat(),
-                    }
+                dead = dead_fields(fields, record, error, group=self.group, consumer=self.consumer)
+                move = partial(dead_letter, self.client, stream=self.stream, group=self.group)
+                dropped = self._call(
+                    "dead-letter",
+                    partial(
+                        move,
+                        entry_id=entry_id,
+                        fields=dead,
+                        dead_stream=self.dead_stream,
+                        max_len=self.dead_max_len,
+                    ),
                 )
-
-                self._call("dead-letter", partial(self._dead_letter, entry_id, dead))
-            except _UnavailableError as exc:
+            except RedisUnavailableError as exc:
                 self._history_from = "0"  # still pending: delivered and rejected again later
                 logger.warning("reject on %s of %s: %s", self.name, entry_id, exc)
                 return
             logger.info("rejected %s %s to %s: %s", self.name, entry_id, self.dead_stream, error)
+            if dropped:
+                self._dead_overflow(dropped)
+            self._trim_acked()
 
-    def release(self, records: Sequence[ImageRecord], error: str) -> None:
-        """Leave the entries pending; the next claim re-reads them (a new delivery)."""
+    def release(self, records: Sequence[ImageRecord], error: str, *, charge: bool = True) -> None:
+        """Leave the entries pending; the next claim re-reads them (a new delivery).
+
+        ``charge=False``: a fault of the plant, not of these images: their delivery counters
+        are set back, so the next delivery does not count toward ``max_deliveries``.
+        """
         with self._lock:
             for record in records:
                 self._inflight.pop(record.id, None)
-            if records:
-                self._history_from = "0"
-                logger.info("released %d entr(ies) of %s: %s", len(records), self.name, error)
+            if not records:
+                return
+            self._history_from = "0"
+            if not charge:
+                counts = [max(0, record.deliveries - 1) for record in records]
+                try:
+                    self._reclaim_own([record.id for record in records], counts)
+                except RedisUnavailableError as exc:
+                    logger.warning("release on %s: %s; the delivery stays counted", self.name, exc)
+            logger.info(
+                "released %d entr(ies) of %s%s: %s",
+                len(records),
+                self.name,
+                "" if charge else " (not charged: a fault of the plant)",
+                error,
+            )
+
+    def renew(self, records: Sequence[ImageRecord]) -> None:
+        """Reset the idle time of entries still in work, so no other consumer reclaims them."""
+        ids = [record.id for record in records]
+        if not ids:
+            return
+        with self._lock:
+            try:
+                self._refresh_lease(force=True)
+                kept = self._reclaim_own(ids)
+            except RedisUnavailableError as exc:
+                logger.warning("renew on %s: %s", self.name, exc)
+                return
+        lost = sorted(set(ids) - set(kept))
+        if lost:
+            logger.warning(
+                "%s: %d entr(ies) were reclaimed by another consumer before this one renewed "
+                "its claim (renew more often than claim_idle_ms=%d): %s",
+                self.name,
+                len(lost),
+                self.claim_idle_ms,
+                ", ".join(lost[:10]),
+            )
+
+    def prune_consumers(self, idle_ms: int | None = None) -> list[str]:
+        """Delete other consumers idle at least ``idle_ms`` (default ``consumer_idle_ms``)
+        that hold no pending entries; returns their names."""
+        idle = self.consumer_idle_ms if idle_ms is None else idle_ms
+        prune = partial(prune_consumers, self.stream, self.group, client=self.client)
+        with self._lock:
+            return self._call_or_raise("prune", partial(prune, idle, keep=[self.consumer]))
 
     def backlog(self) -> int:
         """Entries not yet delivered to the group plus entries delivered but not settled."""
@@ -242,6 +331,13 @@ class RedisStreamSource:
         """Entries in the stream not yet delivered to the group."""
         return self._lag_of(self._group_info())
 
+    def dead_letter_dropped(self) -> int:
+        """Entries pushed off this stream's capped dead-letter stream, by every consumer."""
+        raw = self._call_or_raise(
+            "read dead-letter overflow", lambda: self.client.get(self._dropped_key)
+        )
+        return int(raw or 0)
+
     def trim(self, maxlen: int) -> int:
         """Trim to about ``maxlen`` entries, never past anything pending or undelivered."""
         return trim_stream(self.stream, maxlen, client=self.client)
@@ -252,13 +348,18 @@ class RedisStreamSource:
             if self._owed_acks:
                 try:
                     self._settle_owed(budget=1.0)
-                except _UnavailableError:
+                except RedisUnavailableError:
                     logger.warning(
                         "closing %s with %d unacked entr(ies): they will be redelivered",
                         self.name,
                         len(self._owed_acks),
                     )
             self._inflight.clear()
+            if self._lease is not None:
+                self._lease.forget()
+                if not self._owed_acks:
+                    with contextlib.suppress(RedisUnavailableError, SourceError):  # it expires
+                        self._call("release the consumer name", self._lease.release, budget=1.0)
             if self._owns_client:
                 self.client.close()
 
@@ -273,25 +374,17 @@ class RedisStreamSource:
     def _read_history(self, n: int) -> list[ImageRecord]:
         """Our own pending entries (delivered before a crash, released, or lost in transit)."""
         out: list[ImageRecord] = []
+        read = partial(self.client.xreadgroup, self.group, self.consumer)
         while len(out) < n and self._history_from is not None:
-            start = self._history_from
-            count = n - len(out)
-            response = self._call(
-                "read own pending",
-                partial(
-                    self.client.xreadgroup,
-                    self.group,
-                    self.consumer,
-                    {self.stream: start},
-                    count=count,
-                ),
+            since = {self.stream: self._history_from}
+            found = entries(
+                self._call("read own pending", partial(read, since, count=n - len(out)))
             )
-            entries = _entries(response)
-            if not entries:
+            if not found:
                 self._history_from = None
                 break
-            self._history_from = entries[-1][0]
-            out += self._hand_out(entries, fresh=False)
+            self._history_from = found[-1][0]
+            out += self._hand_out(found, fresh=False)
         return out
 
     def _autoclaim_due(self) -> bool:
@@ -301,40 +394,17 @@ class RedisStreamSource:
         """Take over entries idle longer than ``claim_idle_ms`` (their consumer died)."""
         out: list[ImageRecord] = []
         while len(out) < need:
-            start = self._autoclaim_cursor or "0-0"
-            count = min(_AUTOCLAIM_PAGE, need - len(out))
-            response: Any = self._call(
+            page = partial(autoclaim_page, self.client, self.stream, self.group, self.consumer)
+            cursor, claimed = self._call(
                 "reclaim idle entries",
                 partial(
-                    self.client.xautoclaim,
-                    self.stream,
-                    self.group,
-                    self.consumer,
-                    min_idle_time=self.claim_idle_ms,
-                    start_id=start,
-                    count=count,
+                    page,
+                    min_idle_ms=self.claim_idle_ms,
+                    start=self._autoclaim_cursor or "0-0",
+                    count=min(_AUTOCLAIM_PAGE, need - len(out)),
                 ),
             )
-            cursor = _text(response[0])
-            claimed = [(_text(eid), fields) for eid, fields in response[1] if eid is not None]
-            deleted = [_text(eid) for eid in response[2]] if len(response) > 2 else []
-            if deleted:
-                # Trimmed or XDEL'ed while pending: Redis dropped them from the pending list.
-                logger.warning(
-                    "%s: %d pending entr(ies) were deleted from the stream before being "
-                    "inspected: %s",
-                    self.name,
-                    len(deleted),
-                    ", ".join(deleted[:10]),
-                )
-            if claimed:
-                logger.warning(
-                    "%s: reclaimed %d entr(ies) idle for more than %d ms from dead consumers",
-                    self.name,
-                    len(claimed),
-                    self.claim_idle_ms,
-                )
-                out += self._hand_out(claimed, fresh=False)
+            out += self._hand_out(claimed, fresh=False)
             if cursor == "0-0":
                 self._autoclaim_cursor = None
                 self._next_autoclaim = time.monotonic() + self.claim_idle_ms / 2000
@@ -349,13 +419,13 @@ class RedisStreamSource:
                 self.group, self.consumer, {self.stream: ">"}, count=count, block=block
             ),
         )
-        return self._hand_out(_entries(response), fresh=True)
+        return self._hand_out(entries(response), fresh=True)
 
-    def _hand_out(self, entries: list[tuple[str, Fields]], *, fresh: bool) -> list[ImageRecord]:
+    def _hand_out(self, found: list[tuple[str, Fields]], *, fresh: bool) -> list[ImageRecord]:
         """Records for entries just delivered to us, skipping those already in our hands."""
         usable: list[tuple[str, Fields]] = []
         gone: list[str] = []
-        for entry_id, fields in entries:
+        for entry_id, fields in found:
             if entry_id in self._inflight or entry_id in self._owed_acks:
                 continue
             if not fields:  # deleted from the stream while pending: nothing left to inspect
@@ -369,116 +439,26 @@ class RedisStreamSource:
                 len(gone),
             )
             self._call("ack deleted", lambda: self.client.xack(self.stream, self.group, *gone))
-        counts = {} if fresh else self._delivery_counts([eid for eid, _ in usable])
+        ids = [eid for eid, _ in usable]
+        counts = (
+            {}
+            if fresh or not ids
+            else self._call(
+                "read delivery counts",
+                partial(delivery_counts, self.client, self.stream, self.group, ids),
+            )
+        )
         records = []
         for entry_id, fields in usable:
             self._inflight[entry_id] = fields
-            records.append(self._record(entry_id, fields, counts.get(entry_id, 1)))
+            records.append(build_record(entry_id, fields, counts.get(entry_id, 1), self._rules))
         return records
 
-    def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
-        """XPENDING's per-entry delivery counter (it includes the delivery just made)."""
-        if not ids:
-            return {}
-
-        def query() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for entry_id in ids:
-                pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
-            return pipe.execute()
-
-        counts: dict[str, int] = {}
-        for rows in self._call("read delivery counts", query):
-            for row in rows:
-                counts[_text(row["message_id"])] = int(row["times_delivered"])
-        return counts
-
-    # ------------------------------------------------------------------ records
-
-    def _record(self, entry_id: str, fields: Fields, deliveries: int) -> ImageRecord:
-        uri = f"redis://{quote(self.stream, safe=':')}/{entry_id}"
-        meta: dict[str, Any] = {"stream": self.stream, "entry_id": entry_id}
-        name = _field(fields, "name")
-        if name:
-            meta["name"] = name
-        data = fields.get(b"data")
-        raw_path = fields.get(b"path")
-        path: Path | None = None
-        error_kind: str | None = None
-        error_message: str | None = None
-        if data is not None and raw_path is not None:
-            error_kind, error_message = (
-                "message",
-                (
-                    f"message {entry_id} on {self.stream} has both 'data' and 'path': "
-                    "a producer must send one of them"
-                ),
-            )
-        elif data is None and raw_path is None:
-            error_kind, error_message = (
-                "message",
-                (
-                    f"message {entry_id} on {self.stream} has neither 'data' (image bytes) nor "
-                    "'path': nothing to inspect"
-                ),
-            )
-        elif raw_path is not None:
-            text = raw_path.decode("utf-8", errors="replace")
-            meta["path"] = text
-            uri += f"?path={quote(text)}"
-            path, error_message = self._resolve(text, entry_id)
-            if error_message is not None:
-                error_kind = "path"
-        failed = deliveries - 1
-        if error_kind is None and failed >= self.max_deliveries:
-            error_kind = "poison"
-            error_message = (
-                f"message {entry_id} on {self.stream} failed {failed} times without being "
-                f"settled (max_deliveries={self.max_deliveries}); moved to {self.dead_stream} "
-                "so it cannot stall the line"
-            )
-        if error_kind is not None:
-            logger.warning("%s: %s", self.name, error_message)
-        return ImageRecord(
-            id=entry_id,
-            uri=uri,
-            data=data if error_kind != "message" else None,
-            path=path,
-            camera=_field(fields, "camera") or self.camera,
-            line=_field(fields, "line") or self.line,
-            captured_at=_parse_time(_field(fields, "captured_at"), entry_id),
-            source="redis",
-            deliveries=deliveries,
-            error_kind=error_kind,
-            error_message=error_message,
-            meta=meta,
-        )
-
-    def _resolve(self, text: str, entry_id: str) -> tuple[Path | None, str | None]:
-        """The file a by-path message names, or why it is refused."""
-        where = f"message {entry_id} on {self.stream} names path {text!r}"
-        if self.root is None:
-            return None, (
-                f"{where} but this source has no root folder: configure the source's root "
-                "(the folder producers' paths are relative to) or send the image bytes"
-            )
-        if "\x00" in text or not text:
-            return None, f"{where}, which is not a valid path"
-        if ".." in PurePosixPath(text).parts or ".." in Path(text).parts:
-            return None, f"{where}, which uses '..' to leave {self.root}: refused"
-        candidate = Path(text)
-        if not candidate.is_absolute():
-            candidate = self.root / candidate
-        try:
-            resolved = candidate.resolve()
-        except (OSError, RuntimeError) as exc:  # symlink loops
-            return None, f"{where}, which cannot be resolved ({exc}): refused"
-        if not resolved.is_relative_to(self.root):
-            how = "is outside" if not candidate.is_relative_to(self.root) else "links outside"
-            return None, f"{where}, which {how} the root folder {self.root}: refused"
-        return resolved, None
-
     # ------------------------------------------------------------------ redis plumbing
+
+    @property
+    def _dropped_key(self) -> str:
+        return f"{self.dead_stream}:dropped"
 
     def _ensure_group(self) -> None:
         try:
@@ -486,35 +466,26 @@ class RedisStreamSource:
         except redis.exceptions.ResponseError as exc:
             if "BUSYGROUP" in str(exc):
                 return
+            if is_oom(exc) and "name" in group_info(self.client, self.stream, self.group):
+                return  # a full Redis refuses XGROUP CREATE even when the group exists
             msg = f"cannot create consumer group {self.group} on {self.stream}: {exc}"
-            raise SourceError(msg) from exc
+            raise redis_fault(exc, "creating the consumer group", self.stream) or SourceError(
+                msg
+            ) from exc
 
-    def _dead_letter(self, entry_id: str, fields: dict[Any, Any]) -> None:
-        """XADD to the dead-letter stream and XACK in one MULTI/EXEC.
-
-        Redis does not roll a transaction back when one command fails at EXEC, so the
-        dead-letter key is WATCHed and its type checked first: the XACK can then only run
-        together with a successful XADD.
-        """
-        while True:
-            with self.client.pipeline(transaction=True) as pipe:
-                try:
-                    pipe.watch(self.dead_stream)
-                    kind = _text(pipe.type(self.dead_stream))
-                    if kind not in ("none", "stream"):
-                        msg = (
-                            f"dead-letter key {self.dead_stream} holds a {kind}, not a stream: "
-                            "rename that key or choose another dead_suffix; the entry stays "
-                            "pending"
-                        )
-                        raise SourceError(msg)
-                    pipe.multi()
-                    pipe.xadd(self.dead_stream, fields)
-                    pipe.xack(self.stream, self.group, entry_id)
-                    pipe.execute()
-                    return
-                except redis.exceptions.WatchError:
-                    continue  # the dead-letter key changed under us: check it again
+    def _dead_overflow(self, dropped: int) -> None:
+        self.dead_dropped += dropped
+        message = (
+            f"dead-letter stream {self.dead_stream} is at its cap of {self.dead_max_len} "
+            f"entries: the {dropped} oldest were dropped ({self.dead_dropped} by this consumer "
+            f"so far, total in {self._dropped_key}); inspect and empty it, or raise dead_max_len"
+        )
+        logger.error("%s: %s", self.name, message)
+        if self.on_dead_overflow is not None:
+            try:
+                self.on_dead_overflow(dropped, message)
+            except Exception:  # a failing hook must not lose the settled entry
+                logger.exception("%s: the dead-letter overflow hook failed", self.name)
 
     def _settle_owed(self, *, budget: float | None = None) -> None:
         if not self._owed_acks:
@@ -522,212 +493,48 @@ class RedisStreamSource:
         ids = sorted(self._owed_acks)
         self._call("ack", lambda: self.client.xack(self.stream, self.group, *ids), budget=budget)
         self._owed_acks.difference_update(ids)
+        self._trim_acked()
+
+    def _trim_acked(self) -> None:
+        """Delete what every group acknowledged; a failure only delays it to the next ack."""
+        try:
+            trim_acked(self.stream, client=self.client)
+        except SourceError as exc:
+            logger.warning("%s: acknowledged entries not deleted yet: %s", self.name, exc)
+
+    def _reclaim_own(self, ids: list[str], counts: list[int] | None = None) -> list[str]:
+        own = partial(reclaim_own, self.stream, self.group, self.consumer, client=self.client)
+        return self._call("renew claims", partial(own, ids, retry_counts=counts))
+
+    def _refresh_lease(self, *, force: bool = False) -> None:
+        if self._lease is not None:
+            self._call("refresh the consumer lease", partial(self._lease.refresh, force=force))
 
     def _call(self, what: str, fn: Callable[[], T], *, budget: float | None = None) -> T:
-        """Run ``fn``, retrying lost connections with backoff; recreate a vanished group."""
-        deadline = time.monotonic() + (self.retry_s if budget is None else budget)
-        delay = 0.05
-        recreated = False
-        while True:
-            try:
-                return fn()
-            except _RETRYABLE as exc:
-                if time.monotonic() + delay > deadline:
-                    msg = f"Redis unreachable during {what} ({type(exc).__name__}: {exc})"
-                    raise _UnavailableError(msg) from exc
-                logger.warning(
-                    "%s: %s failed (%s: %s); retrying in %.2f s",
-                    self.name,
-                    what,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-            except redis.exceptions.ResponseError as exc:
-                # Redis restarted without persistence, or the stream was deleted.
-                if "NOGROUP" not in str(exc) or recreated:
-                    msg = f"Redis refused {what} on {self.stream}: {exc}"
-                    raise SourceError(msg) from exc
-                logger.warning("%s: consumer group %s vanished: recreating", self.name, self.group)
-                self._ensure_group()
-                self._history_from = "0"
-                recreated = True
+        """Run ``fn`` with retries (see :func:`~defectscan.sources.redis_commands.call_redis`)."""
+        return call_redis(
+            what,
+            fn,
+            where=self.stream,
+            budget=self.retry_s if budget is None else budget,
+            on_nogroup=self._recreate_group,
+        )
+
+    def _recreate_group(self) -> None:
+        self._ensure_group()
+        self._history_from = "0"
+
+    def _call_or_raise(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return self._call(what, fn)
+        except RedisUnavailableError as exc:
+            raise SourceError(f"{self.name}: {exc}") from exc
 
     def _group_info(self) -> dict[str, Any]:
-        try:
-            groups = self._call("read group info", lambda: self.client.xinfo_groups(self.stream))
-        except _UnavailableError as exc:
-            raise SourceError(f"{self.name}: {exc}") from exc
-        for info in groups:
-            if _text(info.get("name")) == self.group:
-                return info
-        return {"pending": 0, "lag": 0}
+        info = partial(group_info, self.client, self.stream, self.group)
+        return self._call_or_raise("read group info", info)
 
     def _lag_of(self, info: dict[str, Any]) -> int:
-        lag = info.get("lag")
-        if lag is not None:
-            return int(lag)
-        # Redis < 7 or after deletions: count what follows the last delivered id.
-        last = _text(info.get("last-delivered-id") or "0-0")
-        try:
-            after = self._call(
-                "count undelivered",
-                lambda: self.client.xrange(self.stream, f"({last}", "+", count=_LAG_SCAN_CAP),
-            )
-        except _UnavailableError as exc:
-            raise SourceError(f"{self.name}: {exc}") from exc
-        return len(after or [])
-
-
-# ---------------------------------------------------------------------- producer and trimming
-
-
-def enqueue(
-    client: redis.Redis,
-    stream: str,
-    paths: Iterable[str | os.PathLike[str]],
-    *,
-    by_path: bool = False,
-    root: str | os.PathLike[str] | None = None,
-    camera: str | None = None,
-    line: str | None = None,
-    maxlen: int | None = None,
-) -> list[str]:
-    """Add one message per image file to ``stream``; returns the entry ids.
-
-    By default a message carries the image bytes; ``by_path`` sends the path relative to
-    ``root`` instead (consumers must share that folder). ``maxlen`` trims the stream
-    afterwards, never past entries still pending or undelivered.
-    """
-    base: Path | None = None
-    if by_path:
-        if root is None:
-            msg = "enqueue by path needs root: the folder the consumers resolve paths against"
-            raise ConfigError(msg)
-        base = Path(root).expanduser().resolve()
-    ids: list[str] = []
-    batch: list[dict[Any, Any]] = []
-
-    def flush() -> None:
-        pipe = client.pipeline(transaction=False)
-        for fields in batch:
-            pipe.xadd(stream, fields)
-        ids.extend(_text(entry_id) for entry_id in pipe.execute())
-        batch.clear()
-
-    for item in paths:
-        path = Path(item)
-        fields: dict[Any, Any] = {"name": path.name}
-        try:
-            mtime = path.stat().st_mtime
-            if base is not None:
-                resolved = path.resolve()
-                if not resolved.is_relative_to(base):
-                    msg = f"{path} is outside root {base}: consumers could not read it"
-                    raise ConfigError(msg)
-                fields["path"] = resolved.relative_to(base).as_posix()
-            else:
-                fields["data"] = path.read_bytes()
-        except OSError as exc:
-            msg = f"cannot enqueue {path}: {exc.strerror or exc}"
-            raise SourceError(msg) from exc
-        fields["captured_at"] = datetime.fromtimestamp(mtime, tz=UTC).isoformat()
-        if camera is not None:
-            fields["camera"] = camera
-        if line is not None:
-            fields["line"] = line
-        batch.append(fields)
-        if len(batch) >= _ENQUEUE_BATCH:
-            flush()
-    if batch:
-        flush()
-    if maxlen is not None:
-        trim_stream(stream, maxlen, client=client)
-    return ids
-
-
-def trim_stream(stream: str, maxlen: int, *, client: redis.Redis) -> int:
-    """Trim ``stream`` to ``maxlen`` entries, but never below what any group still needs.
-
-    Entries pending in a group, and entries not delivered to it yet, are kept: XTRIM MINID at
-    the oldest of those. Returns how many entries were removed.
-    """
-    if maxlen < 0:
-        msg = f"maxlen must be >= 0, not {maxlen}"
-        raise ConfigError(msg)
-    try:
-        if client.xlen(stream) <= maxlen:
-            return 0
-        if maxlen == 0:
-            newest = client.xrevrange(stream, "+", "-", count=1)
-            cutoff = _successor(_text(newest[0][0])) if newest else (0, 0)
-        else:
-            kept = client.xrevrange(stream, "+", "-", count=maxlen)
-            cutoff = _parse_id(_text(kept[-1][0]))
-        for info in client.xinfo_groups(stream):
-            cutoff = min(cutoff, _successor(_text(info.get("last-delivered-id") or "0-0")))
-            if int(info.get("pending") or 0):
-                summary = client.xpending(stream, _text(info["name"]))
-                if summary.get("min") is not None:
-                    cutoff = min(cutoff, _parse_id(_text(summary["min"])))
-        if cutoff <= (0, 0):
-            return 0
-        return int(client.xtrim(stream, minid=f"{cutoff[0]}-{cutoff[1]}", approximate=False))
-    except _RETRYABLE as exc:
-        msg = f"cannot trim {stream}: Redis unreachable ({exc}); try again later"
-        raise SourceError(msg) from exc
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
-def _field(fields: Fields, key: str) -> str | None:
-    value = fields.get(key.encode())
-    return None if value is None else value.decode("utf-8", errors="replace")
-
-
-def _entries(response: Any) -> list[tuple[str, Fields]]:
-    """XREADGROUP's entries for our one stream, in RESP2 (list) or RESP3 (dict) shape."""
-    if not response:
-        return []
-    per_stream = response.values() if isinstance(response, dict) else (v for _, v in response)
-    raw: list[Any] = []
-    for value in per_stream:
-        for item in value or []:
-            # RESP3 wraps a stream's entry list in one more list.
-            raw.extend(item if isinstance(item, list) else [item])
-    return [(_text(eid), dict(fields or {})) for eid, fields in raw if eid is not None]
-
-
-def _parse_id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _successor(entry_id: str) -> tuple[int, int]:
-    ms, seq = _parse_id(entry_id)
-    return ms, seq + 1
-
-
-def _parse_time(value: str | None, entry_id: str) -> datetime | None:
-    """``captured_at`` as an aware UTC datetime (ISO 8601 or epoch seconds)."""
-    if not value:
-        return None
-    try:
-        return datetime.fromtimestamp(float(value), tz=UTC)
-    except (ValueError, OverflowError, OSError):
-        pass
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        logger.warning("message %s: captured_at %r is neither ISO 8601 nor epoch", entry_id, value)
-        return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        return self._call_or_raise(
+            "count undelivered", partial(lag_of, self.client, self.stream, info)
+        )

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
         yield_by_shift,
     )
     from defectscan.store.inspection_writes import (
+        CommittedDelivery,
         SaveResult,
+        committed_deliveries,
         record_rejection,
         rejection_record,
         save_inspection,
@@ -73,6 +75,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_SHIFTS",
     "Base",
+    "CommittedDelivery",
     "Defect",
     "DefectRate",
     "DefectRecord",
@@ -88,6 +91,7 @@ __all__ = [
     "TrainingRun",
     "add_review",
     "alembic_config",
+    "committed_deliveries",
     "create_training_run",
     "defect_rates",
     "ensure_model_version",
@@ -121,6 +125,7 @@ __all__ = [
 _LAZY: dict[str, str] = {
     "DEFAULT_SHIFTS": "defectscan.store.inspection_queries",
     "Base": "defectscan.store.schema",
+    "CommittedDelivery": "defectscan.store.inspection_writes",
     "Defect": "defectscan.store.schema",
     "DefectRate": "defectscan.store.inspection_queries",
     "DefectRecord": "defectscan.store.records",
@@ -136,6 +141,7 @@ _LAZY: dict[str, str] = {
     "TrainingRun": "defectscan.store.schema",
     "add_review": "defectscan.store.training_runs",
     "alembic_config": "defectscan.store.db",
+    "committed_deliveries": "defectscan.store.inspection_writes",
     "create_training_run": "defectscan.store.training_runs",
     "defect_rates": "defectscan.store.inspection_queries",
     "ensure_model_version": "defectscan.store.model_versions",

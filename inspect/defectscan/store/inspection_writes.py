@@ -2,9 +2,13 @@
 
 Every function takes a keyword-only ``session`` and never commits: the caller owns the
 transaction (wrap writer calls in :func:`defectscan.store.db.retrying`). Writes are idempotent
-on ``(image sha256, model version)``: a repeated delivery inserts nothing and updates nothing,
-whether it comes again in a later batch, twice in the same batch, or from a second writer at
-the same moment.
+on the delivery: ``(source_key, image sha256)`` for a record a source delivered, under any
+model version, and ``(image sha256, model version)`` for one without a source identity. A
+repeated delivery inserts nothing and updates nothing, whether it comes again in a later batch,
+twice in the same batch, under another model after a switch, or from a second writer at the
+same moment; two deliveries of identical bytes (two parts that look alike) are two rows.
+:func:`committed_deliveries` finds the rows of deliveries that come back, before they are
+inspected again.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from defectscan.store.schema import (
 )
 
 __all__ = [
+    "CommittedDelivery",
     "SaveResult",
+    "committed_deliveries",
     "record_rejection",
     "rejection_record",
     "save_inspection",
@@ -107,6 +113,7 @@ def _inspection_row(record: InspectionRecord, model_version_id: int) -> dict[str
         "overlay_path": record.overlay_path,
         "source": record.source,
         "source_id": record.source_id,
+        "source_key": record.source_key,
     }
 
 
@@ -157,27 +164,39 @@ def save_inspections(records: Sequence[InspectionRecord], *, session: Session) -
     """
     if not records:
         return SaveResult(inserted=0, duplicates=0)
-    unique: dict[tuple[str, str], InspectionRecord] = {}
+    # The identity of a row: a source's delivery whatever model looked at it, else the bytes
+    # under one model (see the module docstring).
+    unique: dict[tuple[str | None, str, str | None], InspectionRecord] = {}
     for record in records:
         _check_record(record)
-        unique.setdefault((record.sha256, record.model_version), record)
-    version_ids = _model_version_ids(session, (v for _, v in unique))
-    by_key = {(sha, version_ids[version]): rec for (sha, version), rec in unique.items()}
+        identity = (
+            (record.source_key, record.sha256, None)
+            if record.source_key is not None
+            else (None, record.sha256, record.model_version)
+        )
+        unique.setdefault(identity, record)
+    version_ids = _model_version_ids(session, (r.model_version for r in unique.values()))
+    by_key: dict[tuple[str | None, str, int], InspectionRecord] = {
+        (rec.source_key, rec.sha256, version_ids[rec.model_version]): rec for rec in unique.values()
+    }
     rows = [
-        _inspection_row(by_key[key], key[1]) for key in sorted(by_key, key=lambda k: (k[1], k[0]))
+        _inspection_row(by_key[key], key[2])
+        for key in sorted(by_key, key=lambda k: (k[0] or "", k[2], k[1]))
     ]
 
     # executemany of one cached statement: SQLAlchemy's "insertmanyvalues" sends it as
     # multi-row INSERT ... RETURNING pages (one round trip per 1000 rows) without compiling a
     # new statement for every batch size, which costs more than the insert itself.
+    # No conflict target: a row may collide on either unique index (the delivery, or the
+    # bytes under one model for rows without a source identity), and either means "stored".
     table = cast(Table, Inspection.__table__)
     stmt = (
         _insert(session, table)
-        .on_conflict_do_nothing(index_elements=["sha256", "model_version_id"])
-        .returning(table.c.id, table.c.sha256, table.c.model_version_id)
+        .on_conflict_do_nothing()
+        .returning(table.c.id, table.c.source_key, table.c.sha256, table.c.model_version_id)
     )
-    inserted: dict[tuple[str, int], int] = {
-        (sha, mv_id): id_ for id_, sha, mv_id in session.execute(stmt, rows)
+    inserted: dict[tuple[str | None, str, int], int] = {
+        (key, sha, mv_id): id_ for id_, key, sha, mv_id in session.execute(stmt, rows)
     }
 
     defect_rows = [
@@ -218,6 +237,58 @@ def save_inspection(record: InspectionRecord, *, session: Session) -> SaveResult
     return save_inspections([record], session=session)
 
 
+@dataclass(frozen=True, slots=True)
+class CommittedDelivery:
+    """The committed row of a delivery that came back: enough to settle it again."""
+
+    source_key: str
+    sha256: str
+    status: str
+    error_kind: str | None
+    error_message: str | None
+    model_version: str
+
+
+def committed_deliveries(
+    source_keys: Iterable[str], *, session: Session
+) -> dict[str, list[CommittedDelivery]]:
+    """The rows already committed for these source identities, under any model version.
+
+    Keyed by source key; a key maps to several rows only when the source reused an identity
+    for other bytes (the caller compares the sha256).
+    """
+    keys = sorted(set(source_keys))
+    found: dict[str, list[CommittedDelivery]] = {}
+    # A bounded IN list per query: a large batch must not build one huge statement.
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        result = session.execute(
+            select(
+                Inspection.source_key,
+                Inspection.sha256,
+                Inspection.status,
+                Inspection.error_kind,
+                Inspection.error_message,
+                ModelVersion.version,
+            )
+            .join(ModelVersion, ModelVersion.id == Inspection.model_version_id)
+            .where(Inspection.source_key.in_(chunk))
+        )
+        for key, sha, status, kind, message, version in result:
+            assert key is not None  # the query selects keyed rows only
+            found.setdefault(key, []).append(
+                CommittedDelivery(
+                    source_key=key,
+                    sha256=sha,
+                    status=status,
+                    error_kind=kind,
+                    error_message=message,
+                    model_version=version,
+                )
+            )
+    return found
+
+
 def rejection_record(
     *,
     sha256: str,
@@ -229,6 +300,7 @@ def rejection_record(
     line: str | None = None,
     source: str | None = None,
     source_id: str | None = None,
+    source_key: str | None = None,
     received_at: datetime | None = None,
     finished_at: datetime | None = None,
 ) -> InspectionRecord:
@@ -247,6 +319,7 @@ def rejection_record(
         error_message=error_message,
         source=source,
         source_id=source_id,
+        source_key=source_key,
     )
 
 
@@ -262,6 +335,7 @@ def record_rejection(
     line: str | None = None,
     source: str | None = None,
     source_id: str | None = None,
+    source_key: str | None = None,
     received_at: datetime | None = None,
     finished_at: datetime | None = None,
 ) -> SaveResult:
@@ -280,6 +354,7 @@ def record_rejection(
         line=line,
         source=source,
         source_id=source_id,
+        source_key=source_key,
         received_at=received_at,
         finished_at=finished_at,
     )

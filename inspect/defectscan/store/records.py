@@ -59,4 +59,8 @@ class InspectionRecord:
     overlay_path: str | None = None
     source: str | None = None
     source_id: str | None = None
+    #: The delivery's identity at its source (``ImageRecord.source_key``): the row is unique on
+    #: (source_key, sha256) under any model version. None for explicit inspections (``batch``,
+    #: ``inspect --store``), which are unique on (sha256, model_version) instead.
+    source_key: str | None = None
     defects: list[DefectRecord] = field(default_factory=list)

@@ -207,13 +207,25 @@ class ModelVersion(Base):
 class Inspection(Base):
     """One image under one model version: its verdict, or why it was rejected.
 
-    Unique on ``(sha256, model_version_id)``: a repeated delivery of the same bytes under the
-    same model is the same inspection.
+    A delivery from a source (a camera folder's file, a stream entry) carries its source
+    identity in ``source_key`` and is unique on ``(source_key, sha256)`` under *any* model
+    version: a redelivery after a crash or a model switch is the same inspection, while two
+    parts that happen to have identical bytes are two deliveries with two rows. Rows without a
+    source identity (``inspect --store``, ``batch``: explicit inspections of files or archived
+    images) stay unique on ``(sha256, model_version_id)``, so re-running them stores nothing new.
     """
 
     __tablename__ = "inspections"
     __table_args__ = (
-        UniqueConstraint("sha256", "model_version_id"),
+        UniqueConstraint("source_key", "sha256"),
+        Index(
+            "uq_inspections_sha256_model_version_id_unkeyed",
+            "sha256",
+            "model_version_id",
+            unique=True,
+            sqlite_where=text("source_key IS NULL"),
+            postgresql_where=text("source_key IS NULL"),
+        ),
         CheckConstraint(_in("status", INSPECTION_STATUSES), name="status"),
         # ok rows have a verdict, rejected rows have none but say why.
         CheckConstraint(
@@ -254,6 +266,9 @@ class Inspection(Base):
     overlay_path: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str | None] = mapped_column(String(32))
     source_id: Mapped[str | None] = mapped_column(String(256))
+    #: The delivery's identity at its source (``ImageRecord.source_key``); None for explicit
+    #: inspections of files and archived images.
+    source_key: Mapped[str | None] = mapped_column(String(512))
 
     model_version: Mapped[ModelVersion] = relationship(lazy="joined", innerjoin=True)
     defects: Mapped[list[Defect]] = relationship(

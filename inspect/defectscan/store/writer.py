@@ -1,22 +1,29 @@
 """A batching results writer: what the CLI, the demo and the line monitor save through.
 
 Records are buffered and written in one transaction per batch with
-:func:`~defectscan.store.inspection_writes.save_inspections` (idempotent on sha256 + model
-version), retrying transient connection failures. Sources must acknowledge a record only after
-the :meth:`ResultWriter.flush` that wrote it has returned.
+:func:`~defectscan.store.inspection_writes.save_inspections` (idempotent per delivery: source
+identity + sha256, or sha256 + model version without one), retrying transient connection
+failures. Sources must acknowledge a record only after the :meth:`ResultWriter.flush` that wrote
+it has returned. :meth:`ResultWriter.committed` finds deliveries that come back after their row
+was committed, so they are settled instead of inspected again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from defectscan.store.db import retrying, session_factory
-from defectscan.store.inspection_writes import SaveResult, save_inspections
+from defectscan.store.inspection_writes import (
+    CommittedDelivery,
+    SaveResult,
+    committed_deliveries,
+    save_inspections,
+)
 from defectscan.store.model_versions import ensure_model_version
 from defectscan.store.records import InspectionRecord
 
@@ -46,6 +53,21 @@ class ResultWriter:
             ensure_model_version(session=session, **model)
 
         retrying(unit, sessions=self._sessions, attempts=self.attempts)
+
+    def committed(self, source_keys: Iterable[str]) -> dict[str, list[CommittedDelivery]]:
+        """Rows already committed for these source identities (under any model version).
+
+        Retried like a write: a monitor that cannot tell whether an image was stored must not
+        guess, and a database outage is ridden out the same way.
+        """
+        keys = list(source_keys)
+        if not keys:
+            return {}
+
+        def unit(*, session: Session) -> dict[str, list[CommittedDelivery]]:
+            return committed_deliveries(keys, session=session)
+
+        return retrying(unit, sessions=self._sessions, attempts=self.attempts)
 
     def add(self, record: InspectionRecord) -> SaveResult | None:
         """Queue one record; writes the batch (and returns its result) when it is full."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,61 @@ def test_cli_monitor_on_the_ephemeral_api_is_quiet_and_stops_cleanly_on_sigterm(
     assert "monitor stopped: 9 images" in output, output
     # Prefect's state went under var/, not the user's home
     assert (tmp_path / "var" / "prefect").is_dir()
+
+
+def test_a_run_with_idle_exit_does_not_end_while_the_line_is_paused(
+    tmp_path: Path,
+    sqlite_url: str,
+    prefect_api: str,
+    flow_settings: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plant fault (here an unusable ``done/``) pauses the line: the flow run waits it out
+    up to its time bound instead of ending as if the camera were idle, and once the fault has
+    cleared the next run settles the images and ends idle."""
+    import flows.line_monitor as flow
+
+    from defectscan.monitor import LineMonitor, ModelProvider
+    from defectscan.pipeline import Inspector
+    from defectscan.sources.folder import FolderSource
+    from defectscan.store.db import make_engine, session_factory, upgrade_to_head
+
+    flow_settings(tmp_path, sqlite_url)
+    camera = tmp_path / "camera"
+    write_parts(camera, 4)
+    model = oracle_checkpoint(tmp_path / "oracle.safetensors")
+    engine = make_engine(sqlite_url)
+    upgrade_to_head(engine)
+    monitor = LineMonitor(
+        FolderSource(camera, line="L1", stable_polls=1, watch=False),
+        ModelProvider(
+            str(model),
+            load=lambda path: Inspector.from_checkpoint(path, backend="torch", device="cpu"),
+            sessions=session_factory(engine, write=True),
+            line="L1",
+        ),
+        engine,
+        line="L1",
+        batch_size=4,
+        claim_timeout=0.2,
+        pause_min_s=0.2,
+        pause_max_s=0.2,
+    )
+    monkeypatch.setattr(flow, "build_monitor", lambda *_args, **_kw: monitor)
+    (camera / "done").rmdir()
+    (camera / "done").write_text("not a folder: the settle step cannot move files into it")
+    params = {"source": f"folder:{camera}", "model": str(model), "line": "L1", "batch_size": 4}
+    try:
+        paused = flow.line_monitor(**params, max_images=100, max_seconds=4.0, idle_exit=1.0)
+        fault = monitor.plant_fault
+        (camera / "done").unlink()  # the operator fixes the folder: the line resumes by itself
+        resumed = flow.line_monitor(**params, max_images=100, max_seconds=60.0, idle_exit=1.0)
+    finally:
+        flow.close_monitors()
+    assert fault is not None
+    assert paused["stopped_by"] == "max_seconds", paused  # paused is not idle
+    assert monitor.plant_faults >= 2
+    assert (resumed["stopped_by"], resumed["duplicates"]) == ("idle", 4)
+    assert monitor.plant_fault is None
+    assert rows(sqlite_url) == [(4,)]
+    assert len(list((camera / "done").rglob("*.png"))) == 4

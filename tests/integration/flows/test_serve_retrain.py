@@ -2,14 +2,17 @@
 
 One plant, one story (they share a serve process, so this is one test):
 
-- serve registers every deployment with its schedule and concurrency limit;
+- serve registers every scheduled deployment with its schedule and concurrency limit, and no
+  monitor deployment: the line's monitor is a child process serve supervises, and it really
+  runs (its camera folder's parts get their rows);
 - ``run_deployment`` of the batch flow writes the lot's rows and its artifacts;
 - an operator retrain through the CLI records who asked and why; the candidate beats the blind
   champion and is promoted (exit 0), and the line monitor switches to it between batches
   without dropping or doubling an image;
 - against a perfect champion the next candidate loses the gate and stays a candidate (exit 3);
 - a double-submitted retrain starts one flow run;
-- a serve killed while that run is Running leaves it Running; the next serve marks it Crashed.
+- a serve killed while that run is Running leaves it Running; the next serve marks it Crashed
+  (it is a run of this serve instance), and the killed serve's monitor does not outlive it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import yaml
 
 from defectscan.store.db import make_engine, session_factory, upgrade_to_head
 from helpers.line import REPO, cli_env, oracle_checkpoint, rows, start_cli, wait_for, write_parts
+from helpers.procs import alive, monitors_of
 from helpers.retrain import FAST_RECIPE, blind_checkpoint, write_base_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -116,7 +120,10 @@ def test_serve_batch_retrain_monitor_switch_and_crash_recovery(
         PREFECT_API_URL=prefect_api,
         DEFECTSCAN_CONFIG=str(plant),
         PREFECT_RUNNER_POLL_FREQUENCY="1",
+        DEFECTSCAN_BATCH_ROOTS=f'["{tmp_path}"]',  # the lot below may be batch-inspected
     )
+    served = tmp_path / "served-camera"  # the line's own source: serve's monitor watches it
+    write_parts(served, 3, start=700)
     serve_log = tmp_path / "serve.log"
     serve = start_cli(["serve"], env, serve_log)
     camera = tmp_path / "camera"
@@ -148,36 +155,49 @@ def test_serve_batch_retrain_monitor_switch_and_crash_recovery(
 
     feeder = threading.Thread(target=feed, daemon=True)
     try:
-        # -- serve registered every deployment with its schedule and concurrency limit
-        names = ["line-monitor/monitor-L1", "batch-inspection/batch-L1", "retrain/retrain"]
+        # -- serve registered every scheduled deployment with its schedule and concurrency
+        # limit, and no monitor deployment
+        names = ["batch-inspection/batch-L1", "retrain/retrain"]
 
         def registered() -> bool:
-            async def read(client: Any) -> int:
+            async def read(client: Any) -> list[tuple[str, bool]]:
                 found = await client.read_deployments(
                     deployment_filter=DeploymentFilter(
                         name=DeploymentFilterName(any_=["monitor-L1", "batch-L1", "retrain"])
                     )
                 )
-                return len(found)
+                # scheduled as this plant says (the test server outlives other tests' serves)
+                return sorted((d.name, bool(d.schedules)) for d in found)
 
-            return bool(_client_call(read) == 3)
+            return bool(_client_call(read) == [("batch-L1", True), ("retrain", True)])
 
         wait_for(registered, timeout=180, interval=1, what=f"deployments {names}")
         deps = {n: _client_call(lambda c, n=n: c.read_deployment_by_name(n)) for n in names}
         schedules = {n: d.schedules[0].schedule for n, d in deps.items()}
         assert schedules["retrain/retrain"].cron == "0 3 * * 0"
         assert schedules["batch-inspection/batch-L1"].cron == "0 6 * * *"
-        assert schedules["line-monitor/monitor-L1"].interval.total_seconds() == 300
         assert all(d.global_concurrency_limit.limit == 1 for d in deps.values())
         assert all(not d.paused for d in deps.values())
         assert deps["retrain/retrain"].concurrency_options.collision_strategy == "ENQUEUE"
+
+        # -- the served monitor really runs: its camera folder's parts get their rows
+        wait_for(
+            lambda: (
+                rows(pg_url, "SELECT count(*) FROM inspections WHERE uri LIKE '%/served-camera/%'")
+                == [(3,)]
+            ),
+            timeout=180,
+            interval=0.5,
+            what="the served monitor's rows",
+        )
+        assert list(monitors_of(serve.pid)) == ["L1"]
 
         # -- a batch through run_deployment: rows and artifacts
         lot = tmp_path / "lot"
         write_parts(lot, 5, start=500)
         run = run_deployment(
             "batch-inspection/batch-L1",
-            parameters={"paths": [str(lot)], "query_line": None, "since": None},
+            parameters={"paths": [str(lot)], "query_line": None, "since": None, "until": None},
             timeout=300,
             poll_interval=1,
         )
@@ -224,7 +244,7 @@ def test_serve_batch_retrain_monitor_switch_and_crash_recovery(
             "misses dark spots",
         )
         assert mine["parent"] == blind_version
-        # the monitor switched to it between batches
+        # both monitors (the served one and the one beside it) switched to it, once each
         wait_for(
             lambda: (
                 rows(
@@ -232,10 +252,10 @@ def test_serve_batch_retrain_monitor_switch_and_crash_recovery(
                     f"SELECT count(*) FROM events WHERE kind = 'model_switch' "
                     f"AND model_version = '{trained}'",
                 )
-                == [(1,)]
+                == [(2,)]
             ),
             timeout=60,
-            what="the monitor's switch to the new champion",
+            what="the monitors' switch to the new champion",
         )
 
         # -- an operator reviews a failed part whose file is then gone from the camera folder
@@ -324,9 +344,12 @@ def test_serve_batch_retrain_monitor_switch_and_crash_recovery(
             interval=0.5,
             what="the double-click retrain to run",
         )
+        orphans = monitors_of(serve.pid)
         _kill_group(serve, signal.SIGKILL)
         time.sleep(1)
         assert state_of(run_id) == "Running"
+        for pid in orphans.values():  # the killed serve's monitor stops too (parent death)
+            wait_for(lambda pid=pid: not alive(pid), timeout=90, what="the orphaned monitor")
         serve = start_cli(["serve"], env, serve_log)
         wait_for(
             lambda: state_of(run_id) == "Crashed",
@@ -336,9 +359,12 @@ def test_serve_batch_retrain_monitor_switch_and_crash_recovery(
         )
     finally:
         feeding.set()
+        served_monitors = monitors_of(serve.pid)
         _kill_group(serve, signal.SIGKILL)
         if monitor.poll() is None:
             monitor.send_signal(signal.SIGTERM)
+        for pid in served_monitors.values():
+            wait_for(lambda pid=pid: not alive(pid), timeout=90, what="the served monitor")
     assert monitor.wait(timeout=120) == 0
     # -- the monitor: every part exactly once, under whichever champion was serving
     total = written[0]

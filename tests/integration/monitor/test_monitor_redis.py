@@ -4,7 +4,6 @@ killed, bad messages, poison messages. Real Redis servers, real `defectscan moni
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +28,7 @@ from helpers.line import (
     wait_for,
     write_parts,
 )
+from helpers.redis_server import redis_server_binary
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +52,7 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed (make services installs it)")
+        binary = redis_server_binary()  # skips, or fails under CI=true, without one
         self.proc = subprocess.Popen(
             [
                 binary,

@@ -1,12 +1,13 @@
-"""`defectscan health` with each dependency up and down (real PostgreSQL and Redis)."""
+"""`defectscan health` with each dependency up and down: real PostgreSQL, Redis and Prefect.
+
+The Prefect checks run against the session's real Prefect server (``prefect_api`` in
+``tests/conftest.py``, ``prefect_test_harness``), never a stand-in that always answers yes.
+"""
 
 from __future__ import annotations
 
 import json
 import socket
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from defectscan.health import (
 from defectscan.model.checkpoint import save_checkpoint
 from helpers.cli import run_cli
 from helpers.oracle import oracle_unet
+from helpers.redis_server import PrivateRedis
 
 pytestmark = pytest.mark.integration
 
@@ -50,28 +52,6 @@ def model_file(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.safetensors"
     save_checkpoint(net, spec, path)
     return path
-
-
-@pytest.fixture
-def prefect_api() -> Iterator[str]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            ok = self.path == "/api/health"
-            self.send_response(200 if ok else 404)
-            self.end_headers()
-            self.wfile.write(b"true" if ok else b"not found")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/api"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # --------------------------------------------------------------------------- database
@@ -128,6 +108,53 @@ def test_redis_down() -> None:
     assert not result.ok
     assert "no answer to PING" in result.detail
     assert "hunter2" not in result.detail
+
+
+def test_redis_warns_before_it_is_full(tmp_path: Path) -> None:
+    """At redis_memory_warn_share of maxmemory, without one, or with an evicting policy."""
+    server = PrivateRedis(tmp_path, "--maxmemory", "64mb", "--maxmemory-policy", "noeviction")
+    server.start()
+    client = server.client()
+    try:
+        roomy = check_redis(server.url, memory_warn_share=0.8)
+        assert (roomy.ok, roomy.warning) == (True, False), roomy.detail
+        assert "of 64 MB maxmemory" in roomy.detail
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", int(used / 0.85))  # about 85% used
+        near = check_redis(server.url, memory_warn_share=0.8)
+        assert (near.ok, near.warning) == (True, True), near.detail
+        assert "redis_memory_warn_share=0.8" in near.detail
+        assert near.line().startswith("warn redis")
+        assert not check_redis(server.url, memory_warn_share=0.95).warning
+        client.config_set("maxmemory", 0)
+        unlimited = check_redis(server.url)
+        assert unlimited.warning
+        assert "no maxmemory" in unlimited.detail
+        client.config_set("maxmemory", 64 * 1024 * 1024)
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        evicting = check_redis(server.url)
+        assert evicting.warning
+        assert "evicts keys" in evicting.detail
+    finally:
+        client.close()
+        server.crash()
+
+
+def test_redis_is_checked_with_the_credentials_of_defectscan_redis_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = PrivateRedis(tmp_path, "--maxmemory", "64mb", password="s3cret-pw")
+    server.start()
+    try:
+        monkeypatch.setenv("DEFECTSCAN_REDIS_URL", server.auth_url)
+        assert check_redis(server.url).ok  # a line's URL without a password borrows it
+        monkeypatch.setenv("DEFECTSCAN_REDIS_URL", f"redis://:wrong@127.0.0.1:{server.port}/0")
+        refused = check_redis(server.url)
+        assert not refused.ok
+        assert "refused our credentials" in refused.detail
+        assert "wrong" not in refused.detail
+    finally:
+        server.crash()
 
 
 # --------------------------------------------------------------------------- model
@@ -207,6 +234,39 @@ def test_prefect_up_and_down(prefect_api: str) -> None:
     assert "HTTP 404" in wrong.detail
 
 
+def test_prefect_behind_its_basic_authentication(prefect_api: str, tmp_path: Path) -> None:
+    """The README's advice: PREFECT_SERVER_API_AUTH_STRING on the server, PREFECT_API_AUTH_STRING
+    for the clients. The health probe answers anyone; the check proves the credentials."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import (
+        PREFECT_SERVER_API_AUTH_STRING,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        temporary_settings,
+    )
+
+    database = f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"
+    with temporary_settings(
+        updates={
+            PREFECT_SERVER_API_AUTH_STRING: "ops:s3cret",
+            PREFECT_SERVER_DATABASE_CONNECTION_URL: database,
+        }
+    ):
+        server = SubprocessASGIServer(port=_closed_port())
+        server.start(timeout=120)
+    try:
+        api = server.api_url
+        assert check_prefect(api, auth_string="ops:s3cret").ok
+        missing = check_prefect(api, auth_string="")
+        assert not missing.ok
+        assert "refuses our missing credentials (HTTP 401)" in missing.detail
+        wrong = check_prefect(api, auth_string="ops:guess")
+        assert not wrong.ok
+        assert "PREFECT_API_AUTH_STRING" in wrong.detail
+        assert "guess" not in wrong.detail
+    finally:
+        server.stop()
+
+
 # --------------------------------------------------------------------------- run_checks, CLI
 
 
@@ -252,6 +312,8 @@ def test_cli_health_up_then_down(
     code, out, _ = run_cli(["health", "--config", str(plant)], capsys)
     assert code == 0, out
     lines = out.strip().splitlines()
+    # the shared test Redis may run without maxmemory: a warning, which passes
+    lines[1] = lines[1].replace("warn redis", "ok   redis", 1)
     assert [ln.split()[:2] for ln in lines] == [
         ["ok", "database"],
         ["ok", "redis"],

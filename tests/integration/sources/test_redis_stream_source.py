@@ -69,7 +69,7 @@ def _pending_ids(client: redis.Redis, stream: str, group: str = "defectscan") ->
     return [row["message_id"].decode() for row in rows]
 
 
-def test_messages_with_bytes_arrive_and_ack_only_xacks(
+def test_messages_with_bytes_arrive_and_ack_deletes_what_all_groups_acked(
     client: redis.Redis, stream: str, make_source: MakeSource, tmp_path: Path
 ) -> None:
     files = []
@@ -91,7 +91,8 @@ def test_messages_with_bytes_arrive_and_ack_only_xacks(
 
     source.ack(records[:1])
     assert _pending_ids(client, stream) == [ids[1]]
-    assert client.xlen(stream) == 2  # acked, not deleted
+    assert client.xlen(stream) == 1  # acked by the only group: deleted
+    assert [e.decode() for e, _ in client.xrange(stream)] == [ids[1]]
     assert source.backlog() == 1
 
 
@@ -290,19 +291,25 @@ def test_trim_keeps_pending_and_undelivered_entries(
     client: redis.Redis, stream: str, make_source: MakeSource
 ) -> None:
     ids = _add(client, stream, 20)
+    client.xgroup_create(stream, "slow-group", id="0")  # keeps acked entries in the stream
     source = make_source()
+    slow = make_source(group="slow-group")
     records = source.claim(5)
     source.ack([records[0], records[2]])
-    assert source.trim(3) == 1  # only ids[0]: ids[1] is pending
-    remaining = [e.decode() for e, _ in client.xrange(stream)]
-    assert remaining == ids[1:]
+    assert client.xlen(stream) == 20  # slow-group has read nothing: nothing may go
+    while batch := slow.claim(100):
+        slow.ack(batch)  # slow-group done: now our group's pending ids[1] is the oldest needed
+    assert [e.decode() for e, _ in client.xrange(stream)] == ids[1:]
+    assert source.trim(3) == 0  # ids[1] is pending in our group
     source.ack([records[1], records[3], records[4]])
+    assert [e.decode() for e, _ in client.xrange(stream)] == ids[5:]  # 5 acked by both groups
+    client.xgroup_create(stream, "late-group", id="0")  # has read nothing yet
+    assert trim_stream(stream, 3, client=client) == 0
+    client.xgroup_destroy(stream, "late-group")
+    assert trim_stream(stream, 3, client=client) == 0  # ids[5:] not delivered to our group
     while batch := source.claim(100):
         source.ack(batch)
-    assert source.trim(3) == 16
-    assert [e.decode() for e, _ in client.xrange(stream)] == ids[-3:]
-    client.xgroup_create(stream, "late-group", id="0")  # has read nothing yet
-    assert trim_stream(stream, 0, client=client) == 0
+    assert client.xlen(stream) == 0
 
 
 def test_a_failed_ack_keeps_the_entry_pending_until_it_succeeds(

@@ -329,3 +329,96 @@ def test_importing_sources_pulls_in_neither_redis_nor_watchdog() -> None:
         "assert 'redis' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- issue 16
+
+
+def test_an_uncharged_release_does_not_count_toward_poison(
+    cam: Path, sources: list[FolderSource]
+) -> None:
+    source = _open(sources, cam, max_deliveries=2)
+    _write(cam / "good.png")
+    for _ in range(5):  # the archive volume is full, again and again: not the image's fault
+        [record] = source.claim(1)
+        assert (record.deliveries, record.error_kind) == (1, None)
+        source.release([record], "archive full", charge=False)
+    [record] = source.claim(1)
+    source.release([record], "decoder crashed")  # charged
+    [record] = source.claim(1)
+    assert (record.deliveries, record.error_kind) == (2, None)
+
+
+def test_the_source_key_is_the_camera_file_at_claim_time(
+    cam: Path, sources: list[FolderSource]
+) -> None:
+    _write(cam / "a.png", b"same bytes", age=10)
+    _write(cam / "b.png", b"same bytes", age=10)
+    source = _open(sources, cam)
+    records = {r.meta["original"]: r for r in source.claim(2)}
+    st = (cam / "processing" / "a.png").stat()
+    assert (
+        records["a.png"].source_key == f"folder:{cam.resolve()}/a.png:{st.st_size}:{st.st_mtime_ns}"
+    )
+    assert records["a.png"].source_key != records["b.png"].source_key  # identical bytes
+    source.close()  # a crash or stop: the files are delivered again ...
+    again = {r.meta["original"]: r.source_key for r in _open(sources, cam).claim(2)}
+    assert again == {name: r.source_key for name, r in records.items()}  # ... as the same
+
+
+def test_the_same_name_written_again_is_a_new_delivery(
+    cam: Path, sources: list[FolderSource]
+) -> None:
+    source = _open(sources, cam)
+    _write(cam / "frame.png", b"part one", age=20)
+    [first] = source.claim(1)
+    source.ack([first])
+    _write(cam / "frame.png", b"part two", age=10)  # the camera reuses its file names
+    [second] = source.claim(1)
+    assert first.source_key != second.source_key
+
+
+def test_folder_sources_keep_the_whole_protocol(cam: Path, sources: list[FolderSource]) -> None:
+    source = _open(sources, cam)
+    assert isinstance(source, Source)
+    _write(cam / "x.png")
+    records = source.claim(1)
+    source.renew(records)  # nothing to renew: the owner lock holds the claim
+    source.ack(records)
+
+
+def test_an_unwritable_done_folder_is_a_fault_of_the_plant(
+    cam: Path, sources: list[FolderSource]
+) -> None:
+    from defectscan.errors import PlantFault
+
+    source = _open(sources, cam)
+    _write(cam / "x.png")
+    [record] = source.claim(1)
+    (cam / "done").rmdir()
+    (cam / "done").write_text("a file where done/ should be")  # as unwritable as it gets
+    with pytest.raises(PlantFault, match="check permissions and free space"):
+        source.ack([record])
+    assert _files(cam / "processing") == ["x.png"]  # kept: delivered again, not charged
+
+
+def test_source_path_records_are_read_without_following_symlinks(tmp_path: Path) -> None:
+    from defectscan.sources.base import read_file_safely
+
+    (tmp_path / "real.png").write_bytes(b"bytes")
+    (tmp_path / "link.png").symlink_to(tmp_path / "real.png")
+    os.mkfifo(tmp_path / "fifo.png")
+    assert read_file_safely(tmp_path / "real.png", max_bytes=5) == b"bytes"
+    for name, kind in (("link.png", "path"), ("fifo.png", "path"), ("real.png", "too_large")):
+        with pytest.raises(RejectedInputError) as info:
+            read_file_safely(tmp_path / name, root=tmp_path, max_bytes=4)
+        assert info.value.kind == kind, name
+    with pytest.raises(RejectedInputError, match="not beneath"):
+        read_file_safely(tmp_path / "real.png", root=tmp_path / "elsewhere")
+    record = ImageRecord(
+        id="x", uri="file:///x", path=tmp_path / "link.png", meta={"nofollow": True}
+    )
+    with pytest.raises(RejectedInputError, match="symbolic link"):
+        record.read()
+    # a path a user names on the command line may be a symlink: that is theirs to use
+    assert ImageRecord.from_path(tmp_path / "link.png").read() == b"bytes"
