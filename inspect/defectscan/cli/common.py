@@ -7,15 +7,31 @@ The command modules import this module and nothing of the assembler (``defectsca
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 
-__all__ = ["CliUsageError", "console", "err_console", "expand_inputs", "in_worker_thread"]
+__all__ = [
+    "CliUsageError",
+    "DbUrlOpt",
+    "console",
+    "db_session",
+    "err_console",
+    "expand_inputs",
+    "in_worker_thread",
+]
 
 console = Console(stderr=False)
 err_console = Console(stderr=True, soft_wrap=True)  # error lines stay whole in logs
+
+
+DbUrlOpt = Annotated[
+    str | None, typer.Option("--db", help="Database URL (default: DEFECTSCAN_DATABASE_URL).")
+]
 
 
 class CliUsageError(Exception):
@@ -56,3 +72,19 @@ def in_worker_thread(fn: Any, **params: Any) -> dict[str, Any]:
         raise box["error"]
     result: dict[str, Any] = box["result"]
     return result
+
+
+@contextmanager
+def db_session(url: str | None) -> Iterator[Any]:
+    """One committed transaction on the migrated database."""
+    from defectscan.config import get_settings
+    from defectscan.store import make_engine, session_factory, upgrade_to_head
+
+    resolved = url or get_settings().database_url
+    upgrade_to_head(resolved)
+    engine = make_engine(resolved)
+    try:
+        with session_factory(engine, write=True)() as session, session.begin():
+            yield session
+    finally:
+        engine.dispose()
