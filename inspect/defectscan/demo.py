@@ -168,6 +168,8 @@ def run_demo(
     plant.write_text(
         yaml.safe_dump(
             {
+                # the batch flow reads and reports only under allowed roots: the demo's folder
+                "batch_roots": [str(workdir.resolve())],
                 "lines": {
                     "demo": {
                         "name": "demo",
