@@ -177,7 +177,7 @@ def run_demo(
                         "min_area": {"scratch": 20, "crack": 20, "spot": 12, "stain": 40},
                         "engine": {"device": device, "batch_size": 8},
                     }
-                }
+                },
             },
             sort_keys=False,
         )
