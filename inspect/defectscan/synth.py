@@ -4,9 +4,11 @@ Every sample comes from ``np.random.default_rng(seed)`` alone (no global RNG, no
 same seed gives identical arrays on every machine. The surface is a textured plate (brushed metal
 or a fine tile grain under a low-frequency illumination gradient); defects are scratches, cracks,
 spots and stains. Each defect's mask and its pixels are drawn from the same geometry, so the mask
-marks exactly what is visible. Defects never overlap: a placement that would touch an earlier
-defect is retried, and dropped after a few attempts (so ``len(sample.defects)`` can be smaller
-than ``n_defects`` on a crowded small image, never larger).
+marks exactly what is visible, and the classes differ in what is visible: scratches are long,
+smooth, bright lines; cracks dark, jagged and branched; spots small blobs; stains large ones.
+Defects never overlap: a placement that would touch an earlier defect is retried, and dropped
+after a few attempts (so ``len(sample.defects)`` can be smaller than ``n_defects`` on a crowded
+small image, never larger).
 
 Class index ``i + 1`` in every mask is ``CLASSES[i]``; 0 is background, as in ``ModelSpec``.
 """
@@ -183,7 +185,11 @@ def _draw(kind: str, rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarr
         pts = (1 - t) ** 2 * [x0, y0] + 2 * (1 - t) * t * [mx, my] + t**2 * [x1, y1]
         thickness = int(rng.integers(1, 4))
         cv2.polylines(shape, [np.round(pts).astype(np.int32)], False, 1, thickness, cv2.LINE_8)
-        amp = np.full((h, w), sign * rng.uniform(55, 80), np.float32)
+        # Scratches are always brighter: the groove cuts through the finish to bare metal,
+        # which catches the light. (``sign`` is still drawn, so every later draw is unchanged.)
+        # A dark scratch 1-2 pixels wide is, pixel for pixel, an unbranched crack (below): a
+        # model cannot tell them apart and the class-wise IoU measured label noise.
+        amp = np.full((h, w), rng.uniform(55, 80), np.float32)
     elif kind == "crack":
         length = rng.uniform(0.3, 0.6) * size
         start = np.array([rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h])

@@ -10,6 +10,7 @@ mask still describes the padded pixels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
@@ -25,21 +26,25 @@ def random_crop(
     tile_size: int,
     rng: np.random.Generator,
     *,
-    defect_pixels: np.ndarray | None = None,
+    defect_pixels: np.ndarray | Sequence[np.ndarray] | None = None,
     defect_crop_p: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A ``tile_size`` window of a frame at least that large (views, no copy).
 
     With probability ``defect_crop_p`` (when ``defect_pixels``, flat indices of defect pixels,
     is not empty) the window contains a randomly chosen defect pixel at a random position;
-    otherwise it is uniform. Costs O(1) per crop, whatever the frame size.
+    otherwise it is uniform. ``defect_pixels`` may also be one array per class: then the class
+    is drawn first, uniformly among the classes present, so that a frame's thin scratch is
+    centred as often as its large stain (a pixel drawn from all of them would land on the stain
+    almost every time). Costs O(1) per crop, whatever the frame size.
     """
     h, w = mask.shape[:2]
     if h < tile_size or w < tile_size:
         msg = f"frame {w}x{h} is smaller than the {tile_size} crop: pad it first"
         raise ValueError(msg)
-    if defect_pixels is not None and len(defect_pixels) and rng.random() < defect_crop_p:
-        y, x = divmod(int(defect_pixels[rng.integers(len(defect_pixels))]), w)
+    pixels = _pick_class(defect_pixels, rng)
+    if pixels is not None and len(pixels) and rng.random() < defect_crop_p:
+        y, x = divmod(int(pixels[rng.integers(len(pixels))]), w)
         y0 = int(np.clip(y - rng.integers(tile_size), 0, h - tile_size))
         x0 = int(np.clip(x - rng.integers(tile_size), 0, w - tile_size))
     else:
@@ -49,6 +54,18 @@ def random_crop(
         image[y0 : y0 + tile_size, x0 : x0 + tile_size],
         mask[y0 : y0 + tile_size, x0 : x0 + tile_size],
     )
+
+
+def _pick_class(
+    defect_pixels: np.ndarray | Sequence[np.ndarray] | None, rng: np.random.Generator
+) -> np.ndarray | None:
+    """The defect pixels to centre on: all of them, or one class's (uniform over classes)."""
+    if defect_pixels is None or isinstance(defect_pixels, np.ndarray):
+        return defect_pixels
+    present = [p for p in defect_pixels if len(p)]
+    if len(present) <= 1:
+        return present[0] if present else None
+    return present[int(rng.integers(len(present)))]
 
 
 def build_train_transform(

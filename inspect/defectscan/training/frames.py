@@ -33,7 +33,7 @@ __all__ = [
     "to_target",
 ]
 
-_MAX_DEFECT_PIXELS = 65_536  # per frame, for defect-centred crops (a subsample beyond that)
+_MAX_DEFECT_PIXELS = 65_536  # per frame and class, for defect-centred crops (a subsample beyond)
 
 
 class Frames:
@@ -96,7 +96,9 @@ class TileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.defect_crop_p = defect_crop_p
         self.images: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
-        self.defects: list[np.ndarray] = []
+        # Per frame, the flat indices of each present class's pixels: a defect-centred crop
+        # picks the class first (see random_crop), so small classes are not crowded out.
+        self.defects: list[list[np.ndarray]] = []
         rng = np.random.default_rng(0)
         for image, mask in zip(frames.images, frames.masks, strict=True):
             h, w = mask.shape
@@ -104,12 +106,17 @@ class TileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             if ph or pw:  # reflect-pad small frames once, image and mask alike
                 image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect")
                 mask = np.pad(mask, ((0, ph), (0, pw)), mode="reflect")
-            where = np.flatnonzero(mask)
-            if len(where) > _MAX_DEFECT_PIXELS:
-                where = np.sort(rng.choice(where, _MAX_DEFECT_PIXELS, replace=False))
+            flat = mask.ravel()
+            where = np.flatnonzero(flat)
+            by_class = []
+            for c in np.unique(flat[where]):
+                pixels = where[flat[where] == c]
+                if len(pixels) > _MAX_DEFECT_PIXELS:
+                    pixels = np.sort(rng.choice(pixels, _MAX_DEFECT_PIXELS, replace=False))
+                by_class.append(pixels)
             self.images.append(image)
             self.masks.append(mask)
-            self.defects.append(where)
+            self.defects.append(by_class)
 
     def __len__(self) -> int:
         return len(self.images)

@@ -7,7 +7,8 @@ can still produce a number through broadcasting or implicit casts, a "fake loss"
 nothing useful. :func:`check_target` makes every such mix-up a :class:`TargetShapeError`.
 
 Both losses add a soft Dice term over the defect classes (background excluded), pooled over the
-batch, so that tiny defects count; class weights or a focal term help further.
+batch, so that tiny defects count, by default as ``-ln Dice`` so that a class the model does not
+predict yet still gets a strong gradient; class weights or a focal term help further.
 """
 
 from __future__ import annotations
@@ -88,17 +89,26 @@ def check_target(logits: torch.Tensor, target: torch.Tensor, activation: Activat
     raise TargetShapeError(msg)
 
 
-def dice_loss(probs: torch.Tensor, onehot: torch.Tensor, *, smooth: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice per channel, pooled over batch and pixels, averaged over present channels.
+def dice_loss(
+    probs: torch.Tensor, onehot: torch.Tensor, *, smooth: float = 1.0, log: bool = False
+) -> torch.Tensor:
+    """1 - soft Dice (or ``-ln`` Dice) per channel, pooled over batch and pixels, averaged over
+    present channels.
 
     Channels absent from the batch's target are left out of the mean when any channel is
     present: with many classes most are absent from a batch of crops, and their Dice term
     (which only says "predict nothing") would otherwise swamp the classes that are there.
+
+    ``log``: ``-ln Dice`` instead of ``1 - Dice``. Its gradient is the soft Dice's divided by
+    Dice, so a class the model does not predict yet (Dice near 0, its probability squashed by
+    the softmax or sigmoid) is pulled up hard instead of hardly at all; with ``1 - Dice`` such a
+    class could stay at IoU 0 for a whole short run while the others were learned.
     """
     dims = (0, 2, 3)
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
-    per_channel = 1.0 - (2.0 * inter + smooth) / (denom + smooth)
+    dice = (2.0 * inter + smooth) / (denom + smooth)
+    per_channel = -torch.log(dice) if log else 1.0 - dice
     present = onehot.sum(dims) > 0
     if bool(present.any()):
         return per_channel[present].mean()
@@ -111,6 +121,8 @@ class SegmentationLoss(nn.Module):
     ``class_weights``: sigmoid - positive weight per class (``pos_weight``); softmax - weight
     per output channel including background. ``focal_gamma``: replace BCE / CE by its focal
     form, which down-weights easy pixels (the mass of background around a tiny defect).
+    ``dice_log``: the Dice term as ``-ln Dice`` (see :func:`dice_loss`), so that rare, thin
+    classes are not left behind; ``False`` is the plain ``1 - Dice``.
     """
 
     def __init__(
@@ -121,6 +133,7 @@ class SegmentationLoss(nn.Module):
         dice_weight: float = 1.0,
         class_weights: Sequence[float] | None = None,
         focal_gamma: float | None = None,
+        dice_log: bool = True,
     ) -> None:
         super().__init__()
         if activation not in ("sigmoid", "softmax"):
@@ -130,6 +143,7 @@ class SegmentationLoss(nn.Module):
         self.n_classes = n_classes
         self.dice_weight = dice_weight
         self.focal_gamma = focal_gamma
+        self.dice_log = dice_log
         weights = None
         if class_weights is not None:
             if len(class_weights) != n_classes:
@@ -171,5 +185,5 @@ class SegmentationLoss(nn.Module):
             probs = torch.softmax(logits, dim=1)[:, 1:]
             onehot = F.one_hot(target, self.n_classes).permute(0, 3, 1, 2).float()[:, 1:]
         if self.dice_weight:
-            return base + self.dice_weight * dice_loss(probs, onehot)
+            return base + self.dice_weight * dice_loss(probs, onehot, log=self.dice_log)
         return base

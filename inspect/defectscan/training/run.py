@@ -41,6 +41,13 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(default=1e-4, ge=0)
     scheduler: Literal["cosine", "plateau"] = "cosine"
     patience: int = Field(default=6, ge=1, description="epochs without val IoU gain before stop")
+    min_epochs: int | None = Field(
+        default=None,
+        ge=0,
+        description="epochs before early stopping starts counting; None: half of epochs with "
+        "the cosine schedule (rare, thin classes often appear only as its learning rate falls), "
+        "0 with plateau",
+    )
     init: Path | None = Field(
         default=None,
         description="start from this checkpoint's weights (fine-tuning); None: random weights",
@@ -64,6 +71,11 @@ class TrainConfig(BaseModel):
         default=None, ge=0, description="DataLoader workers; None: from the cores and device"
     )
     dice_weight: float = Field(default=1.0, ge=0)
+    dice_log: bool = Field(
+        default=True,
+        description="Dice term as -ln Dice (rare, thin classes get a strong gradient before the "
+        "model predicts them); False: 1 - Dice",
+    )
     focal_gamma: float | None = Field(default=None, ge=0)
     class_weights: tuple[float, ...] | None = None
     samples_per_epoch: int | None = Field(default=None, ge=1)

@@ -238,6 +238,7 @@ def _build_fit(
         spec.activation,
         spec.n_classes,
         dice_weight=config.dice_weight,
+        dice_log=config.dice_log,
         class_weights=config.class_weights,
         focal_gamma=config.focal_gamma,
     ).to(device)
@@ -365,6 +366,13 @@ def _epochs(
         del loader  # stops persistent workers
 
 
+def _min_epochs(config: TrainConfig) -> int:
+    """Epochs that always run before early stopping counts (see ``TrainConfig.min_epochs``)."""
+    if config.min_epochs is not None:
+        return config.min_epochs
+    return config.epochs // 2 if config.scheduler == "cosine" else 0
+
+
 def _out_of_time(config: TrainConfig, elapsed_s: float, epoch_s: float) -> bool:
     """Whether another epoch of ``epoch_s`` would end after ``config.max_minutes``."""
     return config.max_minutes is not None and elapsed_s + epoch_s > 60.0 * config.max_minutes
@@ -456,7 +464,9 @@ def _end_epoch(run: _Run, losses: list[torch.Tensor], steps: int) -> None:
     if score > loop.best_score + config.min_delta:
         loop.best_score, loop.best_epoch, loop.bad_epochs = score, loop.epoch, 0
         loop.best_state = _weights(fit.model)
-    else:
+    elif loop.epoch + 1 > _min_epochs(config):
+        # Early in a run the mean IoU can sit still while the frequent classes saturate and the
+        # rare ones have not started (the demo's thin classes scored 0 for 13 of 20 epochs).
         loop.bad_epochs += 1
     if isinstance(fit.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         fit.scheduler.step(score)
