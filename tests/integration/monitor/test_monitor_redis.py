@@ -5,8 +5,6 @@ killed, bad messages, poison messages. Real Redis servers, real `defectscan moni
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,65 +26,9 @@ from helpers.line import (
     wait_for,
     write_parts,
 )
-from helpers.redis_server import redis_server_binary
+from helpers.redis_server import PrivateRedis
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateRedis:
-    """A redis-server of this test's own (append-only, fsync always), restartable."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
-        self.dir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = redis_server_binary()  # skips, or fails under CI=true, without one
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        wait_for(lambda: _pings(client), timeout=30, what="the private redis-server")
-        client.close()
-
-    def crash(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.exceptions.ConnectionError:
-        return False
 
 
 @pytest.fixture
@@ -94,8 +36,7 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server = PrivateRedis(tmp_path)
     server.start()
     yield server
-    if server.proc is not None and server.proc.poll() is None:
-        server.crash()
+    server.crash()
 
 
 @pytest.fixture

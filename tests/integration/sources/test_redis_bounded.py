@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,22 +19,6 @@ from defectscan.sources.redis_stream import RedisStreamSource, enqueue, trim_str
 from helpers.redis_server import PrivateRedis
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def stream(client: redis.Redis) -> Iterator[str]:
-    name = f"test:bounded:{uuid.uuid4().hex}"
-    yield name
-    keys = list(client.scan_iter(match=f"{name}*"))
-    if keys:
-        client.delete(*keys)
 
 
 def _source(client: redis.Redis, stream: str, **kw: object) -> RedisStreamSource:

@@ -13,7 +13,6 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,22 +29,6 @@ pytestmark = pytest.mark.integration
 
 MakeSource = Callable[..., RedisStreamSource]
 HOST = socket.gethostname()
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def stream(client: redis.Redis) -> Iterator[str]:
-    name = f"test:consumers:{uuid.uuid4().hex}"
-    yield name
-    keys = list(client.scan_iter(match=f"{name}*"))
-    if keys:
-        client.delete(*keys)
 
 
 @pytest.fixture
