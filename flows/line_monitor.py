@@ -48,6 +48,8 @@ def monitor_for(
     batch_size: int,
     root: str | None = None,
     claim_timeout: float = 1.0,
+    auto_int8: bool | None = None,
+    retry_int8: bool = False,
 ) -> LineMonitor:
     """The process's monitor for these parameters (built on first use)."""
     key = (source, model, line, camera, batch_size, root, claim_timeout)
@@ -61,6 +63,8 @@ def monitor_for(
             batch_size=batch_size,
             root=root,
             claim_timeout=claim_timeout,
+            auto_int8=auto_int8,
+            retry_int8=retry_int8,
         )
         hand_over_retention(monitor)
         _MONITORS[key] = monitor
@@ -100,6 +104,8 @@ def line_monitor(
     continuous: bool = False,
     root: Annotated[str, Field(min_length=1, max_length=4096)] | None = None,
     retention_every_s: Annotated[float, Field(gt=0)] = 3600.0,
+    auto_int8: bool | None = None,
+    retry_int8: bool = False,
 ) -> dict[str, Any]:
     """Watch one line's source and inspect every image it delivers, for one bounded run."""
     from defectscan.config import get_settings
@@ -118,7 +124,14 @@ def line_monitor(
         retention_every_s=retention_every_s,
     )
     monitor = monitor_for(
-        source, model=model, line=line, camera=camera, batch_size=batch_size, root=root
+        source,
+        model=model,
+        line=line,
+        camera=camera,
+        batch_size=batch_size,
+        root=root,
+        auto_int8=auto_int8,
+        retry_int8=retry_int8,
     )
     run_id = str(flow_run.get_id() or "") or None
     if retention_due(monitor, every_s=retention_every_s):

@@ -277,8 +277,14 @@ def inspector_loader(
     tile_size: int | None = None,
     overlap: int | None = None,
     infer_batch: int = 8,
+    fast_start: bool = False,
 ) -> InspectorLoader:
-    """A function that builds an :class:`Inspector` for a checkpoint path with these options."""
+    """A function that builds an :class:`Inspector` for a checkpoint path with these options.
+
+    ``fast_start``: ``auto`` takes only engines already in the cache (eager torch when there
+    is none) and exports nothing before the first image; a monitor's
+    :class:`~defectscan.engine_upgrade.EngineUpgrader` does the rest in the background.
+    """
     from defectscan.config import get_settings
 
     settings = get_settings()
@@ -294,12 +300,13 @@ def inspector_loader(
             batch_size=infer_batch,
             max_pixels=settings.max_pixels,
             lines=settings.lines,
+            cached_only=fast_start,
         )
 
     return load
 
 
-def line_loader(line: str | None) -> InspectorLoader:
+def line_loader(line: str | None, *, fast_start: bool = False) -> InspectorLoader:
     """The loader a line's configuration describes (engine, device, precision, tiling)."""
     from defectscan.config import get_settings
 
@@ -313,4 +320,5 @@ def line_loader(line: str | None) -> InspectorLoader:
         tile_size=tile_size,
         overlap=overlap,
         infer_batch=engine.batch_size,
+        fast_start=fast_start,
     )

@@ -240,6 +240,9 @@ class EngineConfig(BaseModel):
     device: str | None = Field(default=None, description="auto, cpu, cuda or cuda:N")
     precision: Precision | None = None
     batch_size: int | None = Field(default=None, ge=1, description="tiles per inference batch")
+    auto_int8: bool | None = Field(
+        default=None, description="quantise to INT8 from the line's images (backend auto)"
+    )
 
     _device = field_validator("device")(_check_device)
 
@@ -252,6 +255,7 @@ class ResolvedEngine:
     device: str
     precision: Precision
     batch_size: int
+    auto_int8: bool = True
 
 
 class ArchiveConfig(BaseModel):
@@ -411,6 +415,30 @@ class Settings(BaseSettings):
     device: Device = "auto"
     precision: Precision = "auto"
     batch_size: int = Field(default=8, ge=1)
+    auto_int8: bool = Field(
+        default=True,
+        description="a monitor on backend auto (CPU) quantises its model to INT8 from the "
+        "line's own images in the background and switches to it when faster",
+    )
+    int8_calibration_images: int = Field(
+        default=24, ge=2, description="line images INT8 is calibrated on"
+    )
+    int8_parity_images: int = Field(
+        default=8, ge=1, description="other line images INT8 parity is checked on"
+    )
+    int8_parity_mean_abs: float | None = Field(
+        default=None,
+        ge=0,
+        description="largest mean probability difference INT8 may show (default 0.02, as export)",
+    )
+    int8_min_speedup: float = Field(
+        default=1.0,
+        ge=0,
+        description="INT8 replaces the running engine only when this many times as fast",
+    )
+    background_threads: int = Field(
+        default=1, ge=1, description="threads (and cores) of background engine exports"
+    )
     tile_size: int | None = Field(default=None, ge=16)
     overlap: int | None = Field(default=None, ge=0)
     max_pixels: int = Field(default=80_000_000, ge=1, description="decompression-bomb guard")
@@ -484,6 +512,7 @@ class Settings(BaseSettings):
             device=engine.device or self.device,
             precision=engine.precision or self.precision,
             batch_size=engine.batch_size or self.batch_size,
+            auto_int8=self.auto_int8 if engine.auto_int8 is None else engine.auto_int8,
         )
 
     def tiling_for(

@@ -42,7 +42,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import start_http_server
 
-__all__ = ["LATENCY_BUCKETS", "MonitorMetrics"]
+__all__ = ["ENGINE_STATES", "LATENCY_BUCKETS", "MonitorMetrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,18 @@ LAG_BUCKETS: tuple[float, ...] = (
     float("inf"),
 )
 _BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, float("inf"))
+
+
+#: What a line's background engine work may be doing (``defectscan_engine_state``).
+ENGINE_STATES: tuple[str, ...] = (
+    "off",  # nothing to do, or automatic quantisation turned off
+    "exporting",  # fp32 exports running in the background (a fast start on torch)
+    "gathering",  # collecting calibration images from the line
+    "quantising",  # the INT8 export and its parity check are running
+    "int8",  # the line runs on INT8
+    "kept",  # INT8 is ready but not faster than the running engine here
+    "failed",  # INT8 failed parity (or export) for this checkpoint on this CPU
+)
 
 
 class MonitorMetrics:
@@ -180,6 +192,31 @@ class MonitorMetrics:
             ["line"],
             registry=r,
         )
+        self.engine_state = Gauge(
+            "defectscan_engine_state",
+            "1 for what a line's background engine work is doing (exporting, gathering, "
+            "quantising, int8, kept, failed, off), 0 for the others.",
+            ["line", "state"],
+            registry=r,
+        )
+        self.int8_failures = Counter(
+            "defectscan_int8_failures",
+            "INT8 engines quantised from the line's images that failed parity (or export).",
+            ["line"],
+            registry=r,
+        )
+        self.engine_switches = Counter(
+            "defectscan_engine_switches",
+            "Faster engines swapped in between batches, by the engine switched to.",
+            ["line", "engine"],
+            registry=r,
+        )
+        self.line_behind = Gauge(
+            "defectscan_line_behind",
+            "1 while the line's backlog keeps growing: images arrive faster than inspected.",
+            ["line"],
+            registry=r,
+        )
         self._server: Any = None
         self._thread: threading.Thread | None = None
         #: Why ``/metrics`` could not be served (None while serving or never asked to).
@@ -251,6 +288,23 @@ class MonitorMetrics:
     def set_dead_letter_dropped(self, *, line: str | None, dropped: int) -> None:
         """Entries the capped dead-letter stream has dropped so far."""
         self.dead_letter_dropped.labels(line=line or "").set(dropped)
+
+    def set_engine_state(self, *, line: str | None, state: str) -> None:
+        """What the line's background engine work is doing (one state at 1)."""
+        for name in ENGINE_STATES:
+            self.engine_state.labels(line=line or "", state=name).set(1 if name == state else 0)
+
+    def observe_int8_failure(self, *, line: str | None) -> None:
+        """Count one INT8 engine that failed parity."""
+        self.int8_failures.labels(line=line or "").inc()
+
+    def observe_engine_switch(self, *, line: str | None, engine: str) -> None:
+        """Count one engine swapped in between batches."""
+        self.engine_switches.labels(line=line or "", engine=engine).inc()
+
+    def set_behind(self, *, line: str | None, behind: bool) -> None:
+        """Whether the line's backlog keeps growing."""
+        self.line_behind.labels(line=line or "").set(1 if behind else 0)
 
     # ----------------------------------------------------------------------- HTTP endpoint
 

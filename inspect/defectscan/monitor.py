@@ -58,7 +58,9 @@ from defectscan.champion import (
     line_loader,
     parse_model_ref,
 )
+from defectscan.engine_upgrade import EngineOptions, EngineUpgrader
 from defectscan.errors import ConfigError, DefectscanError
+from defectscan.model.engines import engine_label
 from defectscan.monitor_stats import RunSummary, WindowStats
 from defectscan.service import (
     BatchOutcome,
@@ -202,6 +204,8 @@ class LineMonitor:
         cameras: Collection[str] | None = None,
         pause_min_s: float = 1.0,
         pause_max_s: float = 60.0,
+        engine_options: EngineOptions | None = None,
+        commit_every: int | None = None,
     ) -> None:
         if batch_size < 1:
             msg = f"batch size must be >= 1, got {batch_size}"
@@ -229,7 +233,12 @@ class LineMonitor:
         self._sessions = session_factory(engine, write=True)
         # A monitor rides out a database outage instead of failing batches: it cannot do
         # anything useful without the database, and what it claimed stays claimed meanwhile.
-        self.writer = ResultWriter(engine, batch_size=max(batch_size, 1), attempts=writer_attempts)
+        # commit_every=1 (what build_monitor asks for) commits each row as soon as its image
+        # is inspected: an image's row does not wait for the rest of its micro-batch. Default:
+        # one transaction per micro-batch.
+        self.writer = ResultWriter(
+            engine, batch_size=max(commit_every or batch_size, 1), attempts=writer_attempts
+        )
         self._registered: set[str] = set()
         # Records of failed batches not settled yet: claim one at a time while any is left.
         self._suspects: set[str] = set()
@@ -250,6 +259,19 @@ class LineMonitor:
         self._consumers_pruned_at = time.monotonic()
         self.prune_consumers_every_s = 600.0
         self._metrics_checked = False
+        #: Background engine work (fast start, INT8 from the line): None when pinned or off.
+        self.engines: EngineUpgrader | None = (
+            EngineUpgrader(
+                engine_options,
+                line=line,
+                event=self._event,
+                metrics=metrics,
+                archive=archive,
+                sessions=self._sessions,
+            )
+            if engine_options is not None
+            else None
+        )
         if getattr(source, "on_dead_overflow", False) is None:
             # A capped dead-letter stream that drops entries is worth an events row.
             setattr(source, "on_dead_overflow", self._dead_letter_overflow)  # noqa: B010
@@ -288,6 +310,8 @@ class LineMonitor:
         try:
             self.models.refresh(flow_run_id=flow_run_id)
             self._ensure_registered()
+            if self.engines is not None:
+                self.engines.between_batches(self.models.inspector, flow_run_id=flow_run_id)
             if self.metrics is not None:
                 self._update_gauges()
             self._housekeeping()
@@ -330,6 +354,7 @@ class LineMonitor:
                     source=self.source,
                     archive=self.archive,
                     metrics=self.metrics,
+                    on_result=self.engines.observe if self.engines is not None else None,
                 )
         except Exception as exc:
             # inspect_and_store handed the records back to the source already (charged as a
@@ -497,14 +522,15 @@ class LineMonitor:
         """Queue lag, archive size and the model in use, for /metrics (throttled)."""
         assert self.metrics is not None
         inspector = self.models.inspector
-        if self._model_shown != inspector.model_version:
+        shown = f"{inspector.model_version} {engine_label(inspector.backend)}"
+        if self._model_shown != shown:
             self.metrics.set_model(
                 line=self.line,
                 version=inspector.model_version,
-                engine=inspector.backend.name,
+                engine=engine_label(inspector.backend),
                 device=str(getattr(inspector.backend, "device", "cpu")),
             )
-            self._model_shown = inspector.model_version
+            self._model_shown = shown
         now = time.monotonic()
         if now - self._gauges_at >= queue_every_s:
             self._gauges_at = now
@@ -653,6 +679,8 @@ class LineMonitor:
 
     def close(self) -> None:
         """Flush nothing (every batch commits itself), close the source, free connections."""
+        if self.engines is not None:
+            self.engines.close()
         self.source.close()
         self.models.inspector.close()
         self.engine.dispose()

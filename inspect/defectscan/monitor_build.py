@@ -13,6 +13,7 @@ from typing import Any
 
 from defectscan.archive import ArchivePolicy, ImageArchive
 from defectscan.champion import InspectorLoader, ModelProvider, line_loader
+from defectscan.engine_upgrade import EngineOptions
 from defectscan.errors import ConfigError
 from defectscan.monitor import LineMonitor
 from defectscan.service import MetricsSink
@@ -65,12 +66,20 @@ def build_monitor(
     claim_timeout: float = 1.0,
     champion_poll_s: float = 5.0,
     source_options: dict[str, Any] | None = None,
+    auto_int8: bool | None = None,
+    retry_int8: bool = False,
 ) -> LineMonitor:
     """Open the source, check the database schema, load the model: a monitor ready to run.
 
     What is not given comes from the settings (the plant file's line ``line``): its source,
     model, engine and tiling, and archive policy. The database must already be at the code's
     migration head (``defectscan db upgrade``); only a brand-new SQLite file is created.
+
+    A line whose engine is ``auto`` on the CPU starts at once on the best engine already
+    cached (eager torch when none is) and improves it in the background
+    (:mod:`defectscan.engine_upgrade`; ``auto_int8`` overrides the settings' ``auto_int8``,
+    ``retry_int8`` forgets an earlier INT8 failure of the checkpoint). With a ``load`` of
+    the caller's own, there is no background engine work.
     """
     from defectscan.config import get_settings
     from defectscan.sources import open_source
@@ -84,12 +93,17 @@ def build_monitor(
         msg = f"no source given: pass --source folder:PATH or redis://..., or set it for {where}"
         raise ConfigError(msg)
     model = model or str(settings.model_for(line))
+    options = (
+        EngineOptions.for_line(settings, line, auto_int8=auto_int8, retry_int8=retry_int8)
+        if load is None
+        else None
+    )
     engine = make_engine(database_url or settings.database_url)
     try:
         ensure_schema(engine)
         models = ModelProvider(
             model,
-            load=load or line_loader(line),
+            load=load or line_loader(line, fast_start=options is not None),
             sessions=session_factory(engine, write=True),
             line=line,
             poll_s=champion_poll_s,
@@ -120,4 +134,7 @@ def build_monitor(
         metrics=metrics if metrics is not None else _PROCESS_METRICS,
         lines=list(settings.lines),
         cameras=[*cameras, camera] if camera else cameras,
+        engine_options=options,
+        # Latency: a row commits as soon as its image is inspected, not with its micro-batch.
+        commit_every=1,
     )

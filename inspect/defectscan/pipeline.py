@@ -416,9 +416,14 @@ class Inspector:
         device: str = "auto",
         precision: Precision = "auto",
         tile_size: int | None = None,
+        cached_only: bool = False,
         **kwargs: Any,
     ) -> Inspector:
-        """Load a checkpoint and build its backend."""
+        """Load a checkpoint and build its backend.
+
+        ``cached_only`` (``auto`` on the CPU): no engine is exported now, so the first image
+        is not held back; see :func:`~defectscan.model.engines.make_backend`.
+        """
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         tile = tile_size or ckpt.spec.tile_size
         engine = make_backend(
@@ -431,6 +436,7 @@ class Inspector:
             precision=precision,
             checkpoint_sha256=ckpt.sha256,
             spec=ckpt.spec,
+            cached_only=cached_only,
         )
         return cls(
             engine,

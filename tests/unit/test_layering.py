@@ -39,7 +39,7 @@ FLOORS: list[tuple[str, list[str]]] = [
     ),
     ("model", ["model", "model.spec", "model.unet", "model.checkpoint", "model.backends"]),
     ("postprocess", ["postprocess", "postprocess_bands"]),
-    ("engines", ["model.export", "model.engines"]),
+    ("engines", ["model.export", "model.engines", "model.quantise"]),
     ("pipeline", ["pipeline"]),
     (
         "store, sources, archive, report",
@@ -64,6 +64,7 @@ FLOORS: list[tuple[str, list[str]]] = [
             "monitor",
             "monitor_stats",
             "monitor_build",
+            "engine_upgrade",
             "champion",
             "batch",
             "training",

@@ -108,6 +108,23 @@ def monitor_cmd(
             "one ran more recently).",
         ),
     ] = 3600.0,
+    auto_int8: Annotated[
+        bool | None,
+        typer.Option(
+            "--auto-int8/--no-auto-int8",
+            help="Quantise the model to INT8 from the line's own images in the background and "
+            "switch to it when faster (backend auto on the CPU; default: the plant file's "
+            "auto_int8, on).",
+            show_default=False,
+        ),
+    ] = None,
+    retry_int8: Annotated[
+        bool,
+        typer.Option(
+            "--retry-int8",
+            help="Forget an earlier failed INT8 attempt of the model on this CPU and try again.",
+        ),
+    ] = False,
 ) -> None:
     """Watch a camera folder or Redis stream and inspect every image, until stopped."""
     from defectscan.cli.common import CliUsageError, console, in_worker_thread
@@ -163,6 +180,8 @@ def monitor_cmd(
                 idle_exit=idle_exit,
                 root=str(root) if root else None,
                 retention_every_s=retention_every,
+                auto_int8=auto_int8,
+                retry_int8=retry_int8,
             )
             total += int(summary["images"])
             if as_json:
@@ -213,6 +232,8 @@ def _local_runner(**params: Any) -> dict[str, Any]:
             camera=params["camera"],
             batch_size=params["batch_size"],
             root=params["root"],
+            auto_int8=params["auto_int8"],
+            retry_int8=params["retry_int8"],
         )
         hand_over_retention(monitor)
         _LOCAL = (key, monitor)

@@ -43,6 +43,7 @@ from defectscan.model.export import (
     TOLERANCES,
     EngineFormat,
     ParityReport,
+    auto_int8_key,
     check_parity,
     engine_cache_dir,
     engine_key,
@@ -53,7 +54,19 @@ from defectscan.model.export import (
 )
 from defectscan.model.spec import Activation, ModelSpec
 
-__all__ = ["auto_cpu_backend", "make_backend"]
+__all__ = [
+    "CPU_CANDIDATES",
+    "auto_cpu_backend",
+    "cached_engine",
+    "engine_label",
+    "make_backend",
+    "remember_choice",
+    "remembered_choice",
+    "tiles_per_s",
+]
+
+#: The CPU engines ``auto`` chooses among, fastest first where they hold parity.
+CPU_CANDIDATES: tuple[str, ...] = ("openvino-int8", "openvino", "onnxruntime", "torch")
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +82,15 @@ def make_backend(
     precision: Precision = "auto",
     checkpoint_sha256: str | None = None,
     spec: ModelSpec | None = None,
+    cached_only: bool = False,
 ) -> Backend:
     """Build the named engine.
 
     ``auto``: torch (compiled) on CUDA; on the CPU the fastest engine that passes parity
     against eager torch (an exported INT8 engine from the cache first, then OpenVINO, ONNX
     Runtime, torch), cached under ``var/engines`` when ``checkpoint_sha256`` is given.
+    ``cached_only`` (a fast start): no engine is exported now; without a cached one, eager
+    torch at once (the monitor exports and times the others in the background).
     """
     if name == "auto":
         if resolve_device(device).type == "cuda":
@@ -88,6 +104,7 @@ def make_backend(
                 precision=precision,
                 checkpoint_sha256=checkpoint_sha256,
                 spec=spec,
+                cached_only=cached_only,
             )
     if name == "torch":
         return TorchBackend(model, activation, device=device, precision=precision)
@@ -132,7 +149,8 @@ def auto_cpu_backend(
     precision: Precision = "auto",
     checkpoint_sha256: str | None = None,
     spec: ModelSpec | None = None,
-    candidates: Sequence[str] = ("openvino-int8", "openvino", "onnxruntime", "torch"),
+    candidates: Sequence[str] = CPU_CANDIDATES,
+    cached_only: bool = False,
 ) -> Backend:
     """The fastest CPU engine, measured here, among those that hold parity with eager torch.
 
@@ -144,6 +162,9 @@ def auto_cpu_backend(
     timing runs once:
     which engine is fastest differs between CPUs (OpenVINO with bf16 on a Xeon with AMX,
     ONNX Runtime or torch on some AVX2-only CPUs).
+
+    ``cached_only``: only engines already in the cache are considered (no export now) and the
+    choice is not remembered (it was made among some engines only); eager torch when none is.
     """
     if spec is None:
         spec = ModelSpec(
@@ -156,12 +177,7 @@ def auto_cpu_backend(
             tile_overlap=tile // 4,  # the default overlap may exceed a small probe tile
             channel_order="GRAY" if n_channels == 1 else "RGB",
         )
-    cache = engine_cache_dir() if checkpoint_sha256 else None
-    choice_file = (
-        cache / f"{checkpoint_sha256[:16]}-auto-{precision}-t{tile}.json"
-        if cache is not None and checkpoint_sha256 is not None
-        else None
-    )
+    choice_file = _choice_file(checkpoint_sha256, precision, tile)
     remembered = _remembered_choice(choice_file)
     order = list(candidates)
     if remembered in order:
@@ -181,6 +197,7 @@ def auto_cpu_backend(
             checkpoint_sha256,
             tiles,
             reference,
+            cached_only=cached_only,
         )
         if backend is not None:
             passing[name] = backend
@@ -190,31 +207,92 @@ def auto_cpu_backend(
         name, backend = next(iter(passing.items()))
         log.info("engine: %s (%s)", name, getattr(backend, "precision", "?"))
         return backend
-    rates = {name: _tiles_per_s(backend, tiles) for name, backend in passing.items()}
+    rates = {name: tiles_per_s(backend, tiles) for name, backend in passing.items()}
     best = max(rates, key=lambda n: rates[n])
     log.info(
         "engine: %s, the fastest here (%s tiles/s)",
         best,
         ", ".join(f"{n} {r:.2f}" for n, r in rates.items()),
     )
-    if choice_file is not None:
-        try:
-            choice_file.parent.mkdir(parents=True, exist_ok=True)
-            choice_file.write_text(
-                json.dumps(
-                    {
-                        "engine": best,
-                        "tiles_per_s": rates,
-                        "cpu": cpu_model(),
-                        "format": _CHOICE_FORMAT,
-                        "at": _now(),
-                    },
-                    indent=2,
-                )
-            )
-        except OSError as exc:
-            log.warning("cannot remember the engine choice in %s: %s", choice_file, exc)
+    if checkpoint_sha256 is not None and not cached_only:
+        remember_choice(checkpoint_sha256, precision, tile, best, rates)
     return passing[best]
+
+
+def _choice_file(sha256: str | None, precision: str, tile: int) -> Path | None:
+    if sha256 is None:
+        return None
+    return engine_cache_dir() / f"{sha256[:16]}-auto-{precision}-t{tile}.json"
+
+
+def remember_choice(
+    sha256: str, precision: str, tile: int, engine: str, rates: dict[str, float]
+) -> None:
+    """Remember ``engine`` as the fastest for this checkpoint, precision, tile and CPU model."""
+    choice_file = _choice_file(sha256, precision, tile)
+    assert choice_file is not None
+    try:
+        choice_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = choice_file.with_name(choice_file.name + ".tmp")
+        tmp.write_text(
+            json.dumps(
+                {
+                    "engine": engine,
+                    "tiles_per_s": rates,
+                    "cpu": cpu_model(),
+                    "format": _CHOICE_FORMAT,
+                    "at": _now(),
+                },
+                indent=2,
+            )
+        )
+        tmp.replace(choice_file)
+    except OSError as exc:
+        log.warning("cannot remember the engine choice in %s: %s", choice_file, exc)
+
+
+def remembered_choice(sha256: str, precision: str, tile: int) -> str | None:
+    """The engine remembered as fastest for this checkpoint on this CPU model, if any."""
+    return _remembered_choice(_choice_file(sha256, precision, tile))
+
+
+def engine_label(backend: Backend) -> str:
+    """How an engine is shown (metrics, events, health): ``openvino-int8``, ``torch``, ..."""
+    precision = str(getattr(backend, "precision", "") or "")
+    if backend.name == "openvino" and precision == "int8":
+        return "openvino-int8"
+    return backend.name
+
+
+def cached_engine(
+    name: str,
+    model: nn.Module,
+    spec: ModelSpec,
+    *,
+    tile: int,
+    precision: Precision,
+    checkpoint_sha256: str,
+) -> Backend | None:
+    """Engine ``name`` of the auto choice if it is in the cache and holds parity, else None.
+
+    Nothing is exported: this is what a running monitor loads between batches once the
+    background export has written the engine.
+    """
+    tiles = synthetic_tiles(spec, tile, n=4)
+    reference = reference_probs(model, spec.activation, tiles)
+    return _candidate(
+        name,
+        model,
+        spec.activation,
+        spec,
+        spec.n_channels,
+        tile,
+        precision,
+        checkpoint_sha256,
+        tiles,
+        reference,
+        cached_only=True,
+    )
 
 
 def _candidate(
@@ -228,20 +306,36 @@ def _candidate(
     checkpoint_sha256: str | None,
     tiles: np.ndarray,
     reference: np.ndarray,
+    *,
+    cached_only: bool = False,
 ) -> Backend | None:
-    """One engine of the auto choice, if it is available and holds parity."""
+    """One engine of the auto choice, if it is available and holds parity.
+
+    ``cached_only``: an engine that would have to be exported first is not available.
+    """
     try:
         if name == "torch":
             return TorchBackend(model, activation, device="cpu", precision=precision)
         if name == "openvino-int8":
             if checkpoint_sha256 is None:
                 return None
-            directory = engine_cache_dir() / engine_key(checkpoint_sha256, "openvino", "int8", tile)
+            # A manual export (defectscan export --int8), else the monitor's own for this CPU.
+            for directory in (
+                engine_cache_dir() / engine_key(checkpoint_sha256, "openvino", "int8", tile),
+                engine_cache_dir() / auto_int8_key(checkpoint_sha256, tile),
+            ):
+                meta = directory / ENGINE_META
+                if meta.is_file() and _parity_passed(meta):
+                    # Parity was checked at export, on real images: the record says so.
+                    return load_exported(directory, sha256=checkpoint_sha256, tile=tile)
+            return None
+        fmt: EngineFormat = "openvino" if name == "openvino" else "onnx"
+        if cached_only and checkpoint_sha256 is not None:
+            directory = engine_cache_dir() / engine_key(checkpoint_sha256, fmt, "fp32", tile)
             if not (directory / ENGINE_META).is_file():
                 return None
-            # Parity was checked at export, on real images: the record says so.
-            return load_exported(directory, sha256=checkpoint_sha256, tile=tile)
-        fmt: EngineFormat = "openvino" if name == "openvino" else "onnx"
+        elif cached_only:
+            return None
         backend = _cached_or_built(
             fmt, model, activation, spec, n_channels, tile, precision, checkpoint_sha256
         )
@@ -256,7 +350,14 @@ def _candidate(
     return None
 
 
-def _tiles_per_s(backend: Backend, tiles: np.ndarray, rounds: int = 2) -> float:
+def _parity_passed(meta: Path) -> bool:
+    try:
+        return bool(json.loads(meta.read_text()).get("parity", {}).get("passed"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def tiles_per_s(backend: Backend, tiles: np.ndarray, rounds: int = 2) -> float:
     """Best of ``rounds`` timed passes over ``tiles`` after one warm-up pass."""
     backend.infer(tiles)
     best = float("inf")

@@ -51,8 +51,10 @@ __all__ = [
     "ExportError",
     "ExportedEngine",
     "ParityReport",
+    "auto_int8_key",
     "calibration_tiles",
     "check_parity",
+    "cpu_tag",
     "engine_cache_dir",
     "engine_key",
     "export_model",
@@ -216,11 +218,18 @@ def check_parity(
     *,
     precision: str,
     reference: np.ndarray | None = None,
+    mean_abs: float | None = None,
 ) -> ParityReport:
-    """Compare an engine with eager fp32 torch: probabilities, masks (IoU) and verdicts."""
+    """Compare an engine with eager fp32 torch: probabilities, masks (IoU) and verdicts.
+
+    ``mean_abs`` tightens or loosens the mean probability difference allowed (the plant's
+    ``int8_parity_mean_abs``); the mask IoU and verdict checks stay as they are.
+    """
     from defectscan.postprocess import PostprocessConfig, class_masks, postprocess
 
     tol = TOLERANCES.get(precision, TOLERANCES["fp32"])
+    if mean_abs is not None:
+        tol = _Tolerance(max_abs=tol.max_abs, mean_abs=mean_abs, iou=tol.iou)
     ref = reference if reference is not None else reference_probs(model, spec.activation, tiles)
     got = _engine_probs(infer, tiles)
     if got.shape != ref.shape:
@@ -282,6 +291,20 @@ def engine_key(sha256: str, fmt: EngineFormat, precision: str, tile: int) -> str
     return f"{sha256[:16]}-{fmt}-{precision}-t{tile}"
 
 
+def cpu_tag() -> str:
+    """A short, file-name-safe tag of this CPU model (engines quantised and timed here)."""
+    import hashlib
+
+    from defectscan.model.backends import cpu_model
+
+    return hashlib.sha256(cpu_model().encode()).hexdigest()[:8]
+
+
+def auto_int8_key(sha256: str, tile: int) -> str:
+    """Cache folder of the INT8 engine a monitor quantised itself, for this CPU model."""
+    return f"{engine_key(sha256, 'openvino', 'int8', tile)}-cpu{cpu_tag()}"
+
+
 def _convert_openvino(module: nn.Module, n_channels: int, tile: int) -> Any:
     try:
         import openvino as ov
@@ -329,13 +352,16 @@ def export_model(
     calibration: str | Path | None = None,
     parity_tiles: np.ndarray | None = None,
     calibration_limit: int = 300,
+    parity_mean_abs: float | None = None,
 ) -> ExportedEngine:
     """Export ``model`` (BatchNorm folded, activation included) and check it against torch.
 
     ``out`` is a folder (default: the engine cache, ``var/engines/<key>``); it gets the model
     file (``model.onnx`` or ``model.xml``/``.bin``) and ``engine.json`` with the parity report.
     INT8 (OpenVINO only) needs ``calibration``: a folder of real camera images. Parity runs on
-    ``parity_tiles`` (default: calibration tiles not used to quantise, else synthetic parts).
+    ``parity_tiles`` (default: calibration tiles not used to quantise, else synthetic parts);
+    ``parity_mean_abs`` overrides the mean probability difference allowed (see
+    :func:`check_parity`).
     """
     tile = tile or spec.tile_size
     if int8 and fmt != "openvino":
@@ -381,7 +407,11 @@ def export_model(
     else:
         msg = f"unknown export format {fmt!r}: use onnx or openvino"
         raise ExportError(msg)
-    parity = check_parity(backend.infer, model, spec, parity_tiles, precision=precision)
+    parity = check_parity(
+        backend.infer, model, spec, parity_tiles, precision=precision, mean_abs=parity_mean_abs
+    )
+    from defectscan.model.backends import cpu_model
+
     meta = {
         "format": fmt,
         "precision": precision,
@@ -395,6 +425,7 @@ def export_model(
         "calibration_tiles": None if calib is None else len(calib),
         "created_at": datetime.now(UTC).isoformat(),
         "torch": torch.__version__,
+        "cpu": cpu_model(),
     }
     _write_meta(tmp, meta)
     shutil.rmtree(directory, ignore_errors=True)

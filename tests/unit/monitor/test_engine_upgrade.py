@@ -1,0 +1,343 @@
+"""A monitor's engine improves by itself: fast start, INT8 from the line, parity failures, off.
+
+Real pieces throughout: an oracle checkpoint (a known per-pixel function, tiny), a camera
+folder, SQLite or PostgreSQL, the background process (``python -m defectscan.model.quantise``)
+exporting with OpenVINO and quantising with NNCF, parity checked on other images of the line.
+A parity failure is forced through the plant's own tolerance (``int8_parity_mean_abs``): the
+export and the check run for real, the oracle's INT8 engine differs from torch by about 4e-4
+on average, which a tolerance of 1e-6 refuses.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+from sqlalchemy.orm import Session
+
+from defectscan.archive import ArchivePolicy, ImageArchive
+from defectscan.config import Settings, get_settings
+from defectscan.engine_upgrade import CalibrationPool, EngineOptions
+from defectscan.metrics import MonitorMetrics
+from defectscan.model.engines import engine_label
+from defectscan.model.export import ENGINE_META, auto_int8_key, engine_cache_dir
+from defectscan.model.quantise import export_fp32, failure_marker
+from defectscan.monitor import LineMonitor, ModelProvider
+from defectscan.pipeline import Inspector
+from defectscan.sources.folder import FolderSource
+from defectscan.store.db import make_engine, session_factory, upgrade_to_head
+from defectscan.store.operations import recent_events
+from helpers.line import oracle_checkpoint, part_bytes, rows, write_parts
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+__all__: list[str] = []
+
+# Small on purpose: 72x96 parts are 4 tiles of 64 px; 6 + 3 images calibrate and check.
+SMALL = {"calibration_images": 6, "parity_images": 3}
+
+
+@pytest.fixture(autouse=True)
+def _var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Engines are cached under this test's own var/."""
+    var = tmp_path / "var"
+    monkeypatch.setenv("DEFECTSCAN_VAR_DIR", str(var))
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    get_settings.cache_clear()
+    yield var
+    get_settings.cache_clear()
+
+
+def _fast_load(path: str) -> Inspector:
+    """What a monitor on ``backend auto`` loads: cached engines only, else eager torch."""
+    return Inspector.from_checkpoint(
+        path, backend="auto", device="cpu", batch_size=8, cached_only=True
+    )
+
+
+def _monitor(
+    url: str,
+    folder: Path,
+    model: Path,
+    options: EngineOptions | None,
+    *,
+    metrics: MonitorMetrics | None = None,
+    archive: ImageArchive | None = None,
+) -> LineMonitor:
+    engine = make_engine(url)
+    upgrade_to_head(engine)
+    source = FolderSource(folder, line="L1", camera="cam1", stable_polls=1, watch=False)
+    models = ModelProvider(
+        str(model), load=_fast_load, sessions=session_factory(engine, write=True), line="L1"
+    )
+    return LineMonitor(
+        source,
+        models,
+        engine,
+        line="L1",
+        batch_size=4,
+        claim_timeout=0.1,
+        metrics=metrics,
+        archive=archive,
+        engine_options=options,
+    )
+
+
+def _run_until(monitor: LineMonitor, done: object, timeout: float = 240.0) -> None:
+    """Step the monitor (images or not) until ``done()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not done():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out; engine state {monitor.engines.state}"  # type: ignore[union-attr]
+        monitor.step()
+
+
+def _events(monitor: LineMonitor, kind: str) -> list[dict[str, object]]:
+    with Session(monitor.engine) as session:
+        return [
+            {"message": e.message, "details": e.details, "level": e.level}
+            for e in recent_events(session=session, kind=kind)
+        ]
+
+
+def _metric(metrics: MonitorMetrics, name: str) -> list[str]:
+    text = generate_latest(metrics.registry).decode()
+    return [line for line in text.splitlines() if line.startswith(name)]
+
+
+def test_monitor_reaches_int8_by_itself_and_a_restart_starts_on_it(
+    tmp_path: Path, db_url: str
+) -> None:
+    camera = tmp_path / "camera"
+    model = oracle_checkpoint(tmp_path / "oracle.safetensors")
+    write_parts(camera, 12)  # every third part fails: passes and fails to calibrate on
+    metrics = MonitorMetrics()
+    options = EngineOptions(**SMALL, min_speedup=0.0)  # type: ignore[arg-type]
+    monitor = _monitor(db_url, camera, model, options, metrics=metrics)
+    # Fast start: nothing cached, so the first image is inspected on eager torch at once.
+    assert engine_label(monitor.models.inspector.backend) == "torch"
+    upgrader = monitor.engines
+    assert upgrader is not None
+    _run_until(monitor, lambda: upgrader.state == "int8")
+    assert engine_label(monitor.models.inspector.backend) == "openvino-int8"
+    # The engine went into the cache under the checkpoint's sha256 and this CPU model,
+    # with its parity checked on images that were not calibrated on.
+    sha = monitor.models.inspector.checkpoint.sha256  # type: ignore[union-attr]
+    meta = json.loads((engine_cache_dir() / auto_int8_key(sha, 64) / ENGINE_META).read_text())
+    assert meta["parity"]["passed"]
+    assert meta["calibration_tiles"] == 6 * 4
+    assert meta["parity"]["tiles"] == 3 * 4
+    calib = {p.name for p in (engine_cache_dir() / "calibration").glob("*/calibration/*")}
+    parity = {p.name for p in (engine_cache_dir() / "calibration").glob("*/parity/*")}
+    assert len(calib) == 6
+    assert len(parity) == 3
+    assert not calib & parity
+    switches = _events(monitor, "engine_switch")
+    assert switches[0]["details"]["engine"] == "openvino-int8"  # type: ignore[index]
+    assert _events(monitor, "int8_ready")
+    # Inspection goes on, on INT8: new parts get their rows with the right verdicts.
+    write_parts(camera, 6, start=100)
+    _run_until(monitor, lambda: rows(db_url)[0][0] == 18, timeout=60)
+    fails = rows(db_url, "SELECT count(*) FROM inspections WHERE verdict = 'fail'")[0][0]
+    assert fails == 6  # parts 0, 3, 6, 9, 102, 105
+    monitor.step()  # the gauges follow the engine in use
+    assert any('engine="openvino-int8"' in line for line in _metric(metrics, "defectscan_model"))
+    assert 'defectscan_engine_state{line="L1",state="int8"} 1.0' in _metric(
+        metrics, "defectscan_engine_state"
+    )
+    monitor.close()
+
+    # A restart on the same checkpoint starts on INT8 from the cache, with nothing to export.
+    restarted = _monitor(db_url, camera, model, options)
+    assert engine_label(restarted.models.inspector.backend) == "openvino-int8"
+    restarted.step()
+    assert restarted.engines is not None
+    assert restarted.engines.state == "int8"
+    assert restarted.engines._proc is None
+    restarted.close()
+
+
+def test_int8_failing_parity_keeps_fp32_is_recorded_and_not_retried(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    camera = tmp_path / "camera"
+    model = oracle_checkpoint(tmp_path / "oracle.safetensors")
+    export_fp32(model)  # fp32 engines already cached: only INT8 is left to do
+    write_parts(camera, 12)
+    metrics = MonitorMetrics()
+    options = EngineOptions(**SMALL, min_speedup=0.0, parity_mean_abs=1e-6)  # type: ignore[arg-type]
+    monitor = _monitor(sqlite_url, camera, model, options, metrics=metrics)
+    running = engine_label(monitor.models.inspector.backend)
+    assert running in ("openvino", "onnxruntime", "torch")
+    upgrader = monitor.engines
+    assert upgrader is not None
+    _run_until(monitor, lambda: upgrader.state == "failed")
+    # Still inspecting on the fp32 engine it had; the failure is in events and /metrics.
+    assert engine_label(monitor.models.inspector.backend) == running
+    failed = _events(monitor, "int8_failed")
+    assert len(failed) == 1
+    assert failed[0]["level"] == "error"
+    assert "mean |dp|" in str(failed[0]["details"]["reason"])  # type: ignore[index]
+    assert 'defectscan_int8_failures_total{line="L1"} 1.0' in _metric(
+        metrics, "defectscan_int8_failures_total"
+    )
+    assert not _events(monitor, "engine_switch")
+    write_parts(camera, 4, start=100)
+    _run_until(monitor, lambda: rows(sqlite_url)[0][0] == 16, timeout=60)
+    sha = monitor.models.inspector.checkpoint.sha256  # type: ignore[union-attr]
+    assert failure_marker(sha, 64).is_file()
+    monitor.close()
+
+    # Restarted, the monitor does not quantise that checkpoint again...
+    again = _monitor(sqlite_url, camera, model, options)
+    again.step()
+    assert again.engines is not None
+    assert again.engines.state == "failed"
+    assert again.engines.pool is None
+    again.close()
+    # ... until asked to (--retry-int8): the marker goes and, the line's images being kept
+    # from before, quantisation starts again at once.
+    retry = EngineOptions(**SMALL, retry_int8=True)  # type: ignore[arg-type]
+    asked = _monitor(sqlite_url, camera, model, retry)
+    asked.step()
+    assert not failure_marker(sha, 64).exists()
+    assert asked.engines is not None
+    assert asked.engines.state == "quantising"
+    asked.close()
+
+
+def _plant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> tuple[str, Path]:
+    camera = tmp_path / "camera"
+    write_parts(camera, 12)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    return url, camera
+
+
+@pytest.mark.parametrize(
+    ("env", "engine"),
+    [({"DEFECTSCAN_BACKEND": "openvino"}, "openvino"), ({"DEFECTSCAN_BACKEND": "torch"}, "torch")],
+)
+def test_a_pinned_backend_is_never_overridden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], engine: str
+) -> None:
+    from defectscan.monitor_build import build_monitor
+
+    url, camera = _plant(tmp_path, monkeypatch, **env)
+    model = oracle_checkpoint(tmp_path / "oracle.safetensors")
+    monitor = build_monitor(
+        f"folder:{camera}", model=str(model), line=None, database_url=url, claim_timeout=0.1
+    )
+    assert monitor.engines is None  # no background engine work at all
+    summary = monitor.run(idle_exit=0.5)
+    assert summary.images == 12
+    assert engine_label(monitor.models.inspector.backend) == engine
+    monitor.close()
+    assert not list((tmp_path / "var" / "engines").glob("*int8*"))
+    assert not (tmp_path / "var" / "engines" / "calibration").exists()
+
+
+def test_auto_int8_off_in_the_plant_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings.model_validate(
+        {"var_dir": str(tmp_path), "lines": {"L1": {"engine": {"auto_int8": False}}, "L2": {}}}
+    )
+    off = EngineOptions.for_line(settings, "L1")
+    on = EngineOptions.for_line(settings, "L2")
+    assert off is not None
+    assert on is not None
+    assert not off.int8
+    assert on.int8
+    # A pinned engine gets no options at all.
+    pinned = Settings.model_validate({"var_dir": str(tmp_path), "backend": "openvino"})
+    assert EngineOptions.for_line(pinned, None) is None
+
+    from defectscan.monitor_build import build_monitor
+
+    url, camera = _plant(tmp_path, monkeypatch, DEFECTSCAN_AUTO_INT8="false")
+    model = oracle_checkpoint(tmp_path / "oracle.safetensors")
+    export_fp32(model)  # fp32 cached: with INT8 off there is nothing left to do
+    monitor = build_monitor(
+        f"folder:{camera}", model=str(model), line=None, database_url=url, claim_timeout=0.1
+    )
+    assert monitor.engines is not None
+    assert not monitor.engines.options.int8
+    monitor.run(idle_exit=0.5)
+    assert monitor.engines.state == "off"
+    assert monitor.engines.pool is None
+    assert monitor.engines._proc is None
+    monitor.close()
+    assert not (tmp_path / "var" / "engines" / "calibration").exists()
+
+
+def test_calibration_pool_is_bounded_stratified_and_splits_disjoint(tmp_path: Path) -> None:
+    pool = CalibrationPool(tmp_path / "pool", calibration=6, parity=3)
+    n = 0
+    for i in range(200):
+        camera = f"cam{i % 3}"
+        fail = i % 5 == 0
+        data = part_bytes(i, fail=fail)
+        stratum = pool.stratum(camera, "fail" if fail else "pass")
+        n += pool.offer(stratum, f"{i:064x}", functools.partial(bytes, data))
+    # at most 9 per stratum (3 cameras x pass/fail), nothing taken twice
+    assert max(pool.counts.values()) <= 9
+    assert len(pool.counts) == 6
+    assert n == sum(pool.counts.values())
+    assert pool.ready()
+    calib, parity = pool.split()
+    c = {p.name for p in calib.iterdir()}
+    p = {p.name for p in parity.iterdir()}
+    assert len(c) == 6
+    assert len(p) == 3
+    assert not c & p
+    # every camera and both verdicts made it into the calibration set
+    strata = {pool.stratum(f"cam{i}", v) for i in range(3) for v in ("pass", "fail")}
+    chosen = {f.parent.name for f in (tmp_path / "pool" / "pool").glob("*/*") if f.name in c | p}
+    assert chosen == strata
+    # the pool survives a restart
+    assert CalibrationPool(tmp_path / "pool", calibration=6, parity=3).ready()
+
+
+def test_a_pool_without_fails_waits_then_goes_ahead(tmp_path: Path) -> None:
+    pool = CalibrationPool(tmp_path / "pool", calibration=4, parity=2)
+    for i in range(6):
+        pool.offer(
+            pool.stratum("cam", "pass"), f"{i:064x}", functools.partial(part_bytes, i, fail=False)
+        )
+    assert not pool.ready()  # passes only: wait a while for fails
+    for i in range(6, 24):
+        pool.offer(
+            pool.stratum("cam", "pass"), f"{i:064x}", functools.partial(part_bytes, i, fail=False)
+        )
+    assert pool.ready()  # 4 x target offered and no fail: calibrate on what the line shows
+
+
+def test_a_new_champion_calibrates_from_the_archive(tmp_path: Path, sqlite_url: str) -> None:
+    """The archive's images of the line fill the pool before the monitor sees any image."""
+    camera = tmp_path / "camera"
+    archive = ImageArchive(tmp_path / "archive", ArchivePolicy(pass_share=1.0))
+    first = oracle_checkpoint(tmp_path / "first.safetensors")
+    write_parts(camera, 12)
+    monitor = _monitor(sqlite_url, camera, first, None, archive=archive)
+    monitor.run(idle_exit=0.3)
+    monitor.close()
+    assert archive.usage()[0] == 12
+    second = oracle_checkpoint(tmp_path / "second.safetensors", gain=50.0)
+    export_fp32(second)
+    options = EngineOptions(**SMALL)  # type: ignore[arg-type]
+    fresh = _monitor(sqlite_url, camera, second, options, archive=archive)
+    fresh.step()  # no images waiting: the pool comes from the archive alone
+    assert fresh.engines is not None
+    pool = fresh.engines.pool
+    assert pool is not None
+    assert pool.ready()
+    assert {s.rsplit("__", 1)[1] for s in pool.counts} == {"pass", "fail"}
+    fresh.close()
