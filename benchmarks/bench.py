@@ -26,6 +26,7 @@ One module each, beside this file; their docstrings say what each row measures:
 - ``large`` (``bench_large.py``): peak memory of inspecting one very large frame.
 - ``store`` (``bench_store.py``): results-store writes, batched vs row by row.
 - ``training`` (``bench_training.py``): training crops/s and where an epoch's time goes.
+- ``tta`` (``bench_tta.py``): what test-time flips cost, images/s with none, h and hv.
 
 What they share (the config, machine info, statistics, the seed model and tiles, the timing
 loop) is in ``bench_common.py``, the printed tables in ``bench_tables.py``. This module only
@@ -63,6 +64,8 @@ JSON (``--out``, default ``var/bench/bench.json``), schema ``defectscan-bench/1`
       "training": [{"name", "device", "precision", "width", "tile", "batch", "workers",
                     "crops", "crops_per_s", "share": {"data", "step", "val"}, "seconds",
                     "error"}],
+      "tta": [{"name", "tta", "passes", "images", "image_size", "rounds",
+               "images_per_s": {...}, "cost", "error"}],
       "notes": ["..."]
     }
 
@@ -94,6 +97,7 @@ from bench_pipeline import run_pipeline
 from bench_store import run_store
 from bench_tables import print_tables, stdout_console
 from bench_training import run_training
+from bench_tta import run_tta
 
 __all__ = [
     "SCHEMA",
@@ -107,6 +111,7 @@ __all__ = [
     "run_pipeline",
     "run_store",
     "run_training",
+    "run_tta",
 ]
 
 SCHEMA = "defectscan-bench/1"
@@ -117,6 +122,7 @@ _SECTIONS: dict[str, Callable[[BenchConfig, list[str], Log], list[Any]]] = {
     "large": run_large,
     "store": run_store,
     "training": run_training,
+    "tta": run_tta,
 }
 
 
@@ -131,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
-        help="comma-separated: engines,pipeline,store,training",
+        help="comma-separated: engines,pipeline,large,store,training,tta",
     )
     parser.add_argument("--seconds", type=float, default=None, help="budget per measurement")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (5)")

@@ -198,6 +198,15 @@ def _training_table(rows: Rows, cfg: dict[str, Any]) -> Table:
     return table
 
 
+def _tta_table(rows: Rows, cfg: dict[str, Any]) -> Table:
+    table = Table(title=f"test-time flips: {cfg['image_size']}px frames, files to results")
+    for c in ("row", "passes", "images/s", "cost"):
+        table.add_column(c, justify="left" if c == "row" else "right")
+    for r in rows:
+        table.add_row(r["name"], str(r["passes"]), _range(r["images_per_s"]), f"{_fmt(r['cost'])}x")
+    return table
+
+
 # In the order they print; a section that was not run (an empty list) prints nothing.
 _TABLES: tuple[tuple[str, Callable[[Rows, dict[str, Any]], Table]], ...] = (
     ("engines", _engines_table),
@@ -205,6 +214,7 @@ _TABLES: tuple[tuple[str, Callable[[Rows, dict[str, Any]], Table]], ...] = (
     ("large", _large_table),
     ("store", _store_table),
     ("training", _training_table),
+    ("tta", _tta_table),
 )
 
 

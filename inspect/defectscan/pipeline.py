@@ -48,7 +48,7 @@ from defectscan.imaging import DecodedImage, decode, sha256_bytes, to_model_inpu
 from defectscan.model.backends import Backend, BackendName, Precision
 from defectscan.model.checkpoint import Checkpoint, load_checkpoint
 from defectscan.model.engines import make_backend
-from defectscan.model.spec import ModelSpec
+from defectscan.model.spec import TTA_MODES, ModelSpec, TestTimeFlips
 from defectscan.postprocess import (
     Defect,
     PostprocessConfig,
@@ -181,6 +181,25 @@ class _Job:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def infer_with_flips(backend: Backend, tiles: np.ndarray, tta: TestTimeFlips) -> np.ndarray:
+    """The backend's probabilities, averaged over the tiles' mirror images for ``tta``.
+
+    Each view is one call at the batch's own size (engines with fixed shapes see what they
+    were built for), and its probabilities are mirrored back before they are averaged; one
+    extra view costs one more pass of the model.
+    """
+    probs = backend.infer(tiles)
+    if tta == "none":
+        return probs
+    total = probs.astype(np.float32, copy=True)
+    axes = (-1,) if tta == "h" else (-1, -2)
+    for axis in axes:
+        view = np.ascontiguousarray(np.flip(tiles, axis))
+        total += np.flip(backend.infer(view), axis)
+    total /= 1 + len(axes)
+    return total
 
 
 def cpu_cores() -> int:
@@ -371,9 +390,15 @@ class Inspector:
         checkpoint: Checkpoint | None = None,
         decode_workers: int | None = None,
         stream_pixels: int = DEFAULT_STREAM_PIXELS,
+        tta: TestTimeFlips | None = None,
     ) -> None:
         self.backend = backend
         self.spec = spec
+        # Test-time flips: the checkpoint's own setting unless one is given.
+        self.tta: TestTimeFlips = spec.tta if tta is None else tta
+        if self.tta not in TTA_MODES:
+            msg = f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}"
+            raise DefectscanError(msg)
         self.model_version = model_version
         self.checkpoint = checkpoint
         self.tile = tile_size or spec.tile_size
@@ -534,7 +559,7 @@ class Inspector:
 
     def _infer(self, batch: TileBatch) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
-        probs = self.backend.infer(batch.tiles)
+        probs = infer_with_flips(self.backend, batch.tiles, self.tta)
         return probs, time.perf_counter() - t0
 
     def _prepared(

@@ -32,6 +32,7 @@ BENCH_LAYERS: tuple[tuple[str, ...], ...] = (
         "bench_large",
         "bench_store",
         "bench_training",
+        "bench_tta",
         "bench_tables",
     ),
     ("bench", "soak_monitor"),
@@ -140,5 +141,28 @@ print(json.dumps({{"missing": missing, "config": cfg.to_dict()}}))
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["missing"] == []
     config = result["config"]
-    assert config["sections"] == ["engines", "pipeline", "large", "store", "training"]
+    assert config["sections"] == ["engines", "pipeline", "large", "store", "training", "tta"]
     assert (config["width"], config["tile"], config["batch"]) == (8, 64, 8)
+
+
+@pytest.mark.slow
+def test_quick_tta_run_reports_the_cost_of_each_flip_setting(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--sections", "tta", "--seconds", "0.2", "--device", "cpu"]
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), *args, "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["name"]: r for r in json.loads(out.read_text())["tta"]}
+    assert set(rows) == {"tta-none", "tta-h", "tta-hv"}
+    assert [rows[f"tta-{m}"]["passes"] for m in ("none", "h", "hv")] == [1, 2, 3]
+    assert rows["tta-none"]["cost"] == 1.0
+    for row in rows.values():
+        assert row["images_per_s"]["median"] > 0
+    assert "test-time flips" in proc.stdout

@@ -15,11 +15,16 @@ from typing import Any, Literal
 
 from defectscan.errors import CheckpointError
 
-__all__ = ["SPEC_VERSION", "Activation", "ChannelOrder", "ModelSpec"]
+__all__ = ["SPEC_VERSION", "TTA_MODES", "Activation", "ChannelOrder", "ModelSpec", "TestTimeFlips"]
 
 SPEC_VERSION = 1
 Activation = Literal["sigmoid", "softmax"]
 ChannelOrder = Literal["RGB", "BGR", "GRAY"]
+#: Test-time flips: the probabilities averaged over the tile and its mirror images (``h``: the
+#: left-right mirror; ``hv``: also the upside-down one). Calibration picks one only where it
+#: pays (``TrainConfig.tta``).
+TestTimeFlips = Literal["none", "h", "hv"]
+TTA_MODES: tuple[str, ...] = ("none", "h", "hv")
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class ModelSpec:
     name: str = "unet"
     training_run: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    tta: TestTimeFlips = "none"
 
     def __post_init__(self) -> None:
         k = len(self.class_names)
@@ -83,6 +89,9 @@ class ModelSpec:
         if any(s == 0 for s in self.std):
             msg = "std values must be non-zero"
             raise CheckpointError(msg)
+        if self.tta not in TTA_MODES:
+            msg = f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}"
+            raise CheckpointError(msg)
         if self.tile_overlap < 0 or self.tile_overlap >= self.tile_size:
             msg = f"tile_overlap must be in [0, tile_size), got {self.tile_overlap}"
             raise CheckpointError(msg)
@@ -100,6 +109,8 @@ class ModelSpec:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict, the form stored in checkpoint metadata."""
         d = dataclasses.asdict(self)
+        if d["tta"] == "none":
+            del d["tta"]  # what every checkpoint without flips was written as, read by any version
         d["spec_version"] = SPEC_VERSION
         return d
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +34,7 @@ import torch
 from defectscan.errors import DatasetError
 from defectscan.imaging import DEFAULT_MAX_PIXELS
 from defectscan.model.backends import BackendName, Precision
-from defectscan.model.spec import ModelSpec
+from defectscan.model.spec import ModelSpec, TestTimeFlips
 from defectscan.pipeline import ImageRecord, InspectionResult, Inspector
 from defectscan.postprocess import PostprocessConfig, postprocess
 from defectscan.training.datasets import Sample, load_mask, scan_dataset, split_dataset
@@ -97,6 +97,7 @@ def probe(inspector: Inspector) -> Inspector:
         max_pixels=inspector.max_pixels,
         lines=inspector.lines,
         checkpoint=inspector.checkpoint,
+        tta=inspector.tta,
     )
 
 
@@ -192,6 +193,8 @@ class Calibration:
     n_defective: int
     note: str = ""
     table: list[dict[str, float]] = field(default_factory=list, compare=False)
+    #: The test-time flip settings tried and the one chosen (empty when only one was tried).
+    tta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (stored in the checkpoint's metrics under ``calibration``)."""
@@ -206,6 +209,7 @@ class Calibration:
             "n_good": self.n_good,
             "n_defective": self.n_defective,
             "note": self.note,
+            **({"tta": self.tta} if self.tta else {}),
         }
 
     def apply(self, spec: ModelSpec) -> ModelSpec:
@@ -215,6 +219,30 @@ class Calibration:
             min_confidence=self.min_confidence,
             min_area=self.min_area,
         )
+
+
+def choose_tta(tried: Mapping[TestTimeFlips, Calibration], *, margin: float) -> TestTimeFlips:
+    """The test-time flip setting to ship: flips only where they pay.
+
+    A setting that meets the false-reject target beats one that does not; flips (``h``, then
+    the dearer ``hv``) replace the plain model only when their image recall at the target is
+    at least ``margin`` higher; otherwise ``none`` (no extra passes in production).
+    """
+
+    def rank(t: TestTimeFlips) -> tuple[bool, float]:
+        c = tried[t]
+        return (c.met, c.image_recall if c.image_recall is not None else -1.0)
+
+    best: TestTimeFlips = "none" if "none" in tried else next(iter(tried))
+    flips: tuple[TestTimeFlips, ...] = ("h", "hv")
+    for t in flips:
+        if t not in tried:
+            continue
+        met, recall = rank(t)
+        best_met, best_recall = rank(best)
+        if (met and not best_met) or (met == best_met and recall >= best_recall + margin):
+            best = t
+    return best
 
 
 def _largest_components(masks: np.ndarray) -> np.ndarray:

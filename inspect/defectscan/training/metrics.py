@@ -100,6 +100,27 @@ def rank_auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return float((r[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+RECALL_AT_FRR = 0.05
+
+
+def recall_at_false_reject_rate(
+    scores: np.ndarray, defective: np.ndarray, frr: float = RECALL_AT_FRR
+) -> float | None:
+    """Share of defective images scoring above the lowest threshold that flags at most ``frr``
+    of the good ones (strictly above: a tie with a good image's score is not a catch).
+
+    None without both kinds of image.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    defective = np.asarray(defective, dtype=bool).reshape(-1)
+    good, bad = scores[~defective], scores[defective]
+    if good.size == 0 or bad.size == 0:
+        return None
+    allowed = int(np.floor(frr * good.size + 1e-9))  # good images that may score above it
+    threshold = np.sort(good)[::-1][allowed] if allowed < good.size else -np.inf
+    return float((bad > threshold).mean())
+
+
 @dataclass(frozen=True)
 class EvalReport:
     """Validation / evaluation results; ``to_dict`` is the ``eval --json`` object."""
@@ -120,6 +141,10 @@ class EvalReport:
     pooled_iou: float | None = None
     pooled_dice: float | None = None
     image_auroc: float | None = None
+    # Image recall on the peak defect score at the threshold that rejects at most
+    # RECALL_AT_FRR of the good images: the learning curve's verdict figure, comparable
+    # across epochs and recipes (the calibrated verdict also filters by area).
+    recall_at_frr: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe (NaN becomes None)."""
@@ -135,6 +160,7 @@ class EvalReport:
             "pooled_dice": self.pooled_dice,
             "pixel_auroc": self.pixel_auroc,
             "image_auroc": self.image_auroc,
+            "recall_at_frr": self.recall_at_frr,
             "image_recall": self.image_recall,
             "false_reject_rate": self.false_reject_rate,
             "n_images": self.n_images,
@@ -154,6 +180,7 @@ class EvalReport:
             ("pooled_dice", self.pooled_dice),
             ("pixel_auroc", self.pixel_auroc),
             ("image_auroc", self.image_auroc),
+            ("recall_at_frr", self.recall_at_frr),
             ("image_recall", self.image_recall),
             ("false_reject_rate", self.false_reject_rate),
         ):
@@ -380,11 +407,12 @@ class SegmentationEvaluator:
         pooled_iou, pooled_dice = pooled_iou_dice(tp_all, fp_all, fn_all)
         n_img, n_def, detected, false_rej = (int(v) for v in host["images"])
         n_good = n_img - n_def
-        image_auroc = None
+        image_auroc = recall_frr = None
         if self._image_scores:
             scores = torch.cat([s.float().cpu() for s in self._image_scores]).numpy()
             labels = torch.cat([d.cpu() for d in self._image_defective]).numpy()
             image_auroc = rank_auroc(scores, labels)
+            recall_frr = recall_at_false_reject_rate(scores, labels, RECALL_AT_FRR)
         return EvalReport(
             class_names=self.class_names,
             activation=self.activation,
@@ -401,4 +429,5 @@ class SegmentationEvaluator:
             pooled_iou=_clean(pooled_iou),
             pooled_dice=_clean(pooled_dice),
             image_auroc=image_auroc,
+            recall_at_frr=recall_frr,
         )

@@ -92,6 +92,15 @@ class TrainConfig(BaseModel):
         default=0.02, ge=0, le=1, description="calibrate the verdict to this share of good parts"
     )
     calibrate: bool = True
+    tta: Literal["auto", "none", "h", "hv"] = Field(
+        default="auto",
+        description="test-time flips the checkpoint carries; auto: calibration tries none, h "
+        "and hv and keeps flips only where they raise image recall at the false-reject target "
+        "by tta_margin",
+    )
+    tta_margin: float = Field(
+        default=0.02, ge=0, le=1, description="recall gain a test-time flip setting must bring"
+    )
     resume: bool = True
     name: str = "unet"
     training_run: str | None = None

@@ -32,6 +32,7 @@ schedule.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -46,12 +47,14 @@ from defectscan.errors import ConfigError
 from defectscan.model.backends import autocast_dtype, resolve_device
 from defectscan.model.checkpoint import build_model, save_checkpoint
 from defectscan.model.engines import make_backend
-from defectscan.model.spec import ModelSpec
+from defectscan.model.spec import ModelSpec, TestTimeFlips
 from defectscan.training.augment import build_train_transform
 from defectscan.training.data import RunData, load_run_data
 from defectscan.training.evaluate import (
     Calibration,
+    InspectedFrame,
     calibrate,
+    choose_tta,
     evaluate_dataset,
     inspect_frames,
     score_frames,
@@ -567,7 +570,12 @@ def _finish(run: _Run, *, interrupted: bool) -> TrainResult:
 def _calibrate_and_score(
     run: _Run, cpu_model: torch.nn.Module
 ) -> tuple[ModelSpec, EvalReport, Calibration | None]:
-    """Inspect the validation frames as production would, calibrate the verdict, score it."""
+    """Inspect the validation frames as production would, calibrate the verdict, score it.
+
+    With ``tta: auto`` the frames are inspected once per test-time flip setting and each is
+    calibrated; flips are kept only when their recall at the false-reject target beats the
+    plain model's by ``tta_margin`` (the cheapest such setting wins a tie).
+    """
     from defectscan.pipeline import Inspector
     from defectscan.postprocess import PostprocessConfig
 
@@ -582,22 +590,53 @@ def _calibrate_and_score(
         device=str(run.device),
         precision=config.precision,
     )
-    inspector = Inspector(
-        backend,
-        spec,
-        model_version="validation",
-        batch_size=8,  # as `inspect` and `eval` batch by default: the same numbers
-        max_pixels=config.max_pixels,
-    )
-    frames = list(
-        inspect_frames(inspector, samples, n_classes=data.n_index_classes, binary=data.binary)
-    )
-    calibration: Calibration | None = None
-    if config.calibrate:
-        calibration = calibrate(
-            frames, spec, target_false_reject_rate=config.target_false_reject_rate
+    options: tuple[TestTimeFlips, ...]
+    if config.tta != "auto":
+        options = (config.tta,)
+    else:
+        options = ("none", "h", "hv") if config.calibrate else ("none",)
+    tried: dict[TestTimeFlips, tuple[list[InspectedFrame], Calibration | None]] = {}
+    for tta in options:
+        inspector = Inspector(
+            backend,
+            spec,
+            model_version="validation",
+            batch_size=8,  # as `inspect` and `eval` batch by default: the same numbers
+            max_pixels=config.max_pixels,
+            tta=tta,
         )
+        frames = list(
+            inspect_frames(inspector, samples, n_classes=data.n_index_classes, binary=data.binary)
+        )
+        calibration = (
+            calibrate(frames, spec, target_false_reject_rate=config.target_false_reject_rate)
+            if config.calibrate
+            else None
+        )
+        tried[tta] = (frames, calibration)
+    chosen: TestTimeFlips = options[0]
+    if len(tried) > 1:
+        chosen = choose_tta(
+            {t: c for t, (_, c) in tried.items() if c is not None}, margin=config.tta_margin
+        )
+    frames, calibration = tried[chosen]
+    spec = spec.replace(tta=chosen)
+    if calibration is not None:
         spec = calibration.apply(spec)
+        if len(tried) > 1:
+            calibration = dataclasses.replace(
+                calibration,
+                tta={
+                    "chosen": chosen,
+                    "margin": config.tta_margin,
+                    "image_recall": {
+                        t: c.image_recall for t, (_, c) in tried.items() if c is not None
+                    },
+                    "false_reject_rate": {
+                        t: c.false_reject_rate for t, (_, c) in tried.items() if c is not None
+                    },
+                },
+            )
         logger.info("verdict calibration: %s", calibration.to_dict())
     final = score_frames(frames, spec, config=PostprocessConfig.from_spec(spec))
     return spec, final, calibration

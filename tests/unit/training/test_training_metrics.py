@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from defectscan.errors import TargetShapeError
-from defectscan.training.metrics import SegmentationEvaluator, best_f1_threshold
+from defectscan.training.metrics import (
+    SegmentationEvaluator,
+    best_f1_threshold,
+    recall_at_false_reject_rate,
+)
 
 
 def _softmax_probs(pred: torch.Tensor, k: int) -> torch.Tensor:
@@ -90,3 +94,31 @@ def test_wrong_shapes_are_refused() -> None:
     ev = SegmentationEvaluator(("a",), "softmax")
     with pytest.raises(TargetShapeError):
         ev.update(torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
+
+
+def test_recall_at_false_reject_rate_counts_only_defects_above_the_allowed_good_scores() -> None:
+    # 20 good images: at 5% one of them may score above the threshold (0.9 here).
+    good = np.array([0.1] * 18 + [0.9, 0.95])
+    bad = np.array([0.2, 0.5, 0.91, 0.99])
+    scores = np.concatenate([good, bad])
+    defective = np.array([False] * 20 + [True] * 4)
+    assert recall_at_false_reject_rate(scores, defective, 0.05) == pytest.approx(0.5)
+    # No good image may score above it: only the defect above 0.95 counts.
+    assert recall_at_false_reject_rate(scores, defective, 0.0) == pytest.approx(0.25)
+    # A tie with a good image is not a catch.
+    assert recall_at_false_reject_rate(np.array([0.3, 0.3]), np.array([False, True]), 0.0) == 0.0
+    assert recall_at_false_reject_rate(good, np.zeros(20, bool), 0.05) is None
+
+
+def test_the_report_carries_recall_at_five_percent_false_rejects() -> None:
+    ev = SegmentationEvaluator(["defect"], "sigmoid")
+    probs = torch.zeros(4, 1, 8, 8)
+    probs[2, 0, 1, 1] = 0.9  # defective image, found
+    probs[1, 0, 0, 0] = 0.95  # a good image scoring higher than every defect
+    target = torch.zeros(4, 8, 8, dtype=torch.long)
+    target[2, 1, 1] = 1
+    target[3, 5, 5] = 1  # defective image, missed
+    ev.update(probs, target)
+    report = ev.compute()
+    assert report.recall_at_frr == 0.0  # 2 good images: 5% allows none above the threshold
+    assert report.flat()["recall_at_frr"] == 0.0

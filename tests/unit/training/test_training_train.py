@@ -68,6 +68,10 @@ def test_binary_sigmoid_training_reaches_iou_08(tmp_path: Path) -> None:
     assert ckpt.spec.thresholds == tuple(result.calibration["thresholds"])
     assert ckpt.spec.min_area == tuple(result.calibration["min_area"])
     assert ckpt.spec.metrics["calibration"] == result.calibration
+    # Calibration tried each test-time flip setting and the checkpoint carries its choice.
+    tta = result.calibration["tta"]
+    assert set(tta["image_recall"]) == {"none", "h", "hv"}
+    assert ckpt.spec.tta == tta["chosen"]
     rescored = evaluate_dataset(ckpt, data, split="val").flat()
     for key in ("iou/defect", "image_recall", "false_reject_rate"):
         assert rescored[key] == pytest.approx(result.best_metrics[key], abs=1e-6), key
