@@ -45,6 +45,7 @@ from defectscan.plant_file import (
 __all__ = [
     "ArchiveConfig",
     "ConfigIssue",
+    "ConsoleConfig",
     "EngineConfig",
     "LineConfig",
     "ModelRef",
@@ -281,6 +282,34 @@ class ArchiveConfig(BaseModel):
     keep_rejected: bool = Field(default=True, description="keep inputs that were rejected")
 
 
+class ConsoleConfig(BaseModel):
+    """The operator console (``defectscan console``): where it listens, how logins behave."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="address the console listens on")
+    port: int = Field(default=8080, ge=1, le=65535, description="port the console listens on")
+    session_hours: float = Field(
+        default=12.0, gt=0, le=24 * 30, description="a login lasts this long (then log in again)"
+    )
+    secure_cookies: Literal["auto", "always", "never"] = Field(
+        default="auto", description="Secure flag on the session cookie (auto: when on https)"
+    )
+    max_failed_logins: int = Field(
+        default=5, ge=1, description="bad passwords in a row that lock an account"
+    )
+    lockout_minutes: float = Field(default=15.0, gt=0, description="how long a lock lasts")
+    trusted_user_header: str | None = Field(
+        default=None,
+        description="single sign-on: a header (e.g. X-Remote-User) naming the user, set by a "
+        "reverse proxy; off (None) by default, and only believed from trusted_proxies",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1"],
+        description="client addresses whose trusted_user_header and X-Forwarded-* are believed",
+    )
+
+
 class LineConfig(BaseModel):
     """One production line: cameras, source, model, engine and post-processing overrides."""
 
@@ -467,6 +496,7 @@ class Settings(BaseSettings):
         "(empty: the working directory)",
     )
     lines: dict[str, LineConfig] = Field(default_factory=dict)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
 
     _device = field_validator("device")(_check_device)
     _cron = field_validator("retrain_schedule")(_check_cron)

@@ -3,8 +3,9 @@
 This module only assembles: it builds the Typer app, adds the root options and registers the
 command groups, one module each (``inspect``, ``demo``, ``db``, ``monitor`` and ``enqueue``,
 ``config`` and ``health``, ``export``, the flows ``batch``/``retrain``/``serve``,
-``train``/``eval``, and ``models``/``review``). The command modules import :mod:`.common`,
-never this module. :func:`main` maps errors to the documented exit statuses.
+``train``/``eval``, ``models``/``review``, and ``users``/``console``). The command modules
+import :mod:`.common`, never this module. :func:`main` maps errors to the documented exit
+statuses.
 
 Exit status: 0 when every input was inspected, 2 when some inputs were rejected (the rest are
 still inspected), 1 for usage errors (bad options, missing files, unreadable model).
@@ -19,7 +20,7 @@ from typing import Annotated
 import typer
 
 from defectscan import __version__
-from defectscan.cli import db, demo, export, flows, models, monitor, ops, training
+from defectscan.cli import db, demo, export, flows, models, monitor, ops, training, users
 from defectscan.cli import inspect as inspect_commands
 from defectscan.cli.common import CliUsageError, err_console
 from defectscan.errors import DefectscanError
@@ -72,6 +73,7 @@ export.register(app)
 flows.register(app)
 training.register(app)
 models.register(app)
+users.register(app)
 
 
 def main() -> None:

@@ -38,18 +38,24 @@ __all__ = [
     "MODEL_STATUSES",
     "NAMING_CONVENTION",
     "REVIEW_DECISIONS",
+    "ROLES",
     "TRAINING_STATUSES",
     "TRAINING_TRIGGERS",
     "VERDICTS",
+    "AuditEntry",
     "Base",
+    "ConsoleSession",
     "Defect",
     "Event",
     "Inspection",
+    "LineControl",
     "ModelVersion",
     "Review",
     "RunMetric",
+    "ThresholdRule",
     "TrainingRun",
     "UTCDateTime",
+    "User",
     "utcnow",
 ]
 
@@ -60,6 +66,8 @@ INSPECTION_STATUSES = ("ok", "rejected")
 VERDICTS = ("pass", "fail")
 REVIEW_DECISIONS = ("confirm", "reject")
 ACTIVATIONS = ("sigmoid", "softmax")
+#: Console roles, least to most allowed: each role may do what the ones before it may.
+ROLES = ("viewer", "operator", "engineer", "admin")
 
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -238,6 +246,7 @@ class Inspection(Base):
         Index("ix_inspections_model_version_id_finished_at", "model_version_id", "finished_at"),
         Index("ix_inspections_finished_at", "finished_at"),
         Index("ix_inspections_status", "status"),
+        Index("ix_inspections_verdict_finished_at", "verdict", "finished_at"),
     )
 
     id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True)
@@ -353,6 +362,9 @@ class Review(Base):
     used_in_training_run_id: Mapped[int | None] = mapped_column(
         ForeignKey("training_runs.id", ondelete="SET NULL")
     )
+    #: What a console review said beyond the decision: the reviewer's verdict, changed classes,
+    #: and the defects recomputed from a painted mask (None for reviews from the CLI).
+    details: Mapped[dict[str, Any] | None] = mapped_column(_JSON)
 
     inspection: Mapped[Inspection] = relationship(back_populates="reviews")
     used_in_training_run: Mapped[TrainingRun | None] = relationship(back_populates="reviews")
@@ -417,3 +429,109 @@ class Event(Base):
 
     def __repr__(self) -> str:
         return f"Event(id={self.id}, kind={self.kind!r}, line={self.line!r})"
+
+
+# --------------------------------------------------------------------------- operator console
+
+
+class User(Base):
+    """A local console user (``defectscan users add``): an argon2 hash, never a password."""
+
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint(_in("role", ROLES), name="role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16))
+    disabled: Mapped[bool] = mapped_column(default=False)
+    failed_logins: Mapped[int] = mapped_column(default=0)
+    locked_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"User(name={self.name!r}, role={self.role!r}, disabled={self.disabled})"
+
+
+class ConsoleSession(Base):
+    """A console login: the sha256 of its cookie token, until it expires or is revoked."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_user_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship(lazy="joined", innerjoin=True)
+
+    def __repr__(self) -> str:
+        return f"ConsoleSession(id={self.id}, user_id={self.user_id})"
+
+
+class AuditEntry(Base):
+    """One console action (or user change): who, what, when, from where."""
+
+    __tablename__ = "audit"
+    __table_args__ = (
+        Index("ix_audit_created_at", "created_at"),
+        Index("ix_audit_action_created_at", "action", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True)
+    who: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(_JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"AuditEntry(id={self.id}, who={self.who!r}, action={self.action!r})"
+
+
+class ThresholdRule(Base):
+    """A line's threshold for one class, applied from the console; the newest version wins.
+
+    It overrides the plant file's ``lines.<line>.thresholds``; monitors pick it up between
+    batches.
+    """
+
+    __tablename__ = "threshold_rules"
+    __table_args__ = (
+        UniqueConstraint("line", "class_name", "version"),
+        CheckConstraint("threshold >= 0 AND threshold <= 1", name="threshold"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line: Mapped[str] = mapped_column(String(64))
+    class_name: Mapped[str] = mapped_column(String(64))
+    threshold: Mapped[float] = mapped_column(Float)
+    version: Mapped[int]
+    created_by: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return (
+            f"ThresholdRule({self.line!r}, {self.class_name!r}, {self.threshold}, v{self.version})"
+        )
+
+
+class LineControl(Base):
+    """Whether a line's monitor is paused (it stops claiming until resumed), who said so, when."""
+
+    __tablename__ = "line_controls"
+
+    line: Mapped[str] = mapped_column(String(64), primary_key=True)
+    paused: Mapped[bool] = mapped_column(default=False)
+    changed_by: Mapped[str | None] = mapped_column(String(64))
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"LineControl(line={self.line!r}, paused={self.paused})"

@@ -25,6 +25,12 @@ TABLES = {
     "reviews",
     "run_metrics",
     "training_runs",
+    # the operator console (revision 0004)
+    "audit",
+    "line_controls",
+    "sessions",
+    "threshold_rules",
+    "users",
 }
 
 
