@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Headless Chromium for the report rendering tests (Debian's chromium package).
+# Headless Chromium for the report rendering tests and the console's browser tests (Playwright
+# drives it through executable_path; Debian's chromium package, never a downloaded browser).
 # Installed when missing and we are root with apt-get. Under CI=true a missing browser is an
 # error; elsewhere those tests skip with a message.
 set -uo pipefail
@@ -11,7 +12,7 @@ fi
 if ! have; then
   echo "headless Chromium is not installed (apt-get install chromium)"
   if [ "${CI:-}" = "true" ]; then
-    echo "CI=true: the report rendering tests need it; failing." >&2
+    echo "CI=true: the report rendering and console browser tests need it; failing." >&2
     exit 1
   fi
 fi

@@ -288,6 +288,9 @@ def test_promote_forced_and_rollback_as_engineer(
         status = dict(s.execute(sa.text("SELECT version, status FROM model_versions")).all())
         audit = [a for (a,) in s.execute(sa.text("SELECT action FROM audit ORDER BY id"))]
     assert status["unet-console-0123456789ab"] == "champion"
+    page = client.get("/models")  # a rolled-back version's metrics render too
+    assert page.status_code == 200
+    assert "unet-console-candidate" in page.text
     assert audit[-2:] == ["promote", "rollback"]
 
 
