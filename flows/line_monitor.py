@@ -34,7 +34,14 @@ from defectscan.retention import hand_over_retention, retention_due, run_retenti
 from defectscan.service import BatchOutcome
 from defectscan.sources.base import ImageRecord
 
-__all__ = ["archive_retention", "close_monitors", "inspect_batch", "line_monitor", "monitor_for"]
+__all__ = [
+    "adopt_monitor",
+    "archive_retention",
+    "close_monitors",
+    "inspect_batch",
+    "line_monitor",
+    "monitor_for",
+]
 
 _MONITORS: dict[tuple[Any, ...], LineMonitor] = {}
 
@@ -69,6 +76,22 @@ def monitor_for(
         hand_over_retention(monitor)
         _MONITORS[key] = monitor
     return monitor
+
+
+def adopt_monitor(
+    monitor: LineMonitor,
+    *,
+    source: str | None,
+    model: str,
+    line: str | None,
+    camera: str | None,
+    batch_size: int,
+    root: str | None = None,
+    claim_timeout: float = 1.0,
+) -> None:
+    """Make ``monitor`` (built before Prefect started) the process's monitor for these
+    parameters: the CLI inspects while Prefect starts, then goes on with the same monitor."""
+    _MONITORS[(source, model, line, camera, batch_size, root, claim_timeout)] = monitor
 
 
 def close_monitors() -> None:

@@ -68,6 +68,7 @@ from defectscan.model.quantise import (
     int8_failure,
     int8_ready,
 )
+from defectscan.orchestration import spawn_dying_with_parent
 from defectscan.pipeline import InspectionResult, Inspector
 from defectscan.store.schema import Inspection
 
@@ -330,13 +331,6 @@ class EngineUpgrader:
         self.pool = None
         self._gathering = False
         running = engine_label(inspector.backend)
-        self._event(
-            "engine_in_use",
-            f"inspecting with {running} ({inspector.model_version})",
-            "info",
-            flow_run_id,
-            {"engine": running},
-        )
         self._fp32_todo = running == "torch" and bool(fp32_missing(sha, tile))
         state = "exporting" if self._fp32_todo else "off"
         if self.options.int8 and running != "openvino-int8":
@@ -453,7 +447,8 @@ class EngineUpgrader:
             env[var] = str(self.options.threads)
         log_file = status.with_suffix(".log")
         with log_file.open("wb") as log:
-            self._proc = subprocess.Popen(
+            # Dies with the monitor (kill -9 included): a restarted monitor starts its own.
+            self._proc = spawn_dying_with_parent(
                 cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         self._job = (kind, status)

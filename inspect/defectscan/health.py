@@ -35,6 +35,7 @@ __all__ = [
     "CheckResult",
     "check_archive",
     "check_database",
+    "check_lines",
     "check_model",
     "check_prefect",
     "check_redis",
@@ -45,7 +46,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Every check, in the order they run.
-CHECKS: tuple[str, ...] = ("database", "redis", "model", "archive", "prefect")
+CHECKS: tuple[str, ...] = ("database", "redis", "model", "archive", "prefect", "lines")
+#: Events the line monitors leave about their engine and their backlog (``lines`` reads them).
+_LINE_EVENTS = ("engine_in_use", "engine_switch", "line_behind", "line_caught_up")
 _GB = 1e9
 _MB = 1024 * 1024
 _PROBE_TILE = 32  # pixels: enough for the UNet's four poolings, cheap on any engine
@@ -432,7 +435,88 @@ def run_checks(
         api = prefect_api_url or os.environ.get("PREFECT_API_URL")
         if api:
             results.append(check_prefect(api, timeout_s=timeout_s))
+    if "lines" in wanted:
+        lines = check_lines(settings.database_url, timeout_s=timeout_s)
+        if lines is not None:
+            results.append(lines)
     return results
+
+
+def line_states(url: str, *, timeout_s: float = 5.0) -> dict[str, dict[str, Any]]:
+    """Per line, from its monitor's events: the engine in use and whether it falls behind.
+
+    ``{line: {"engine": ..., "engine_at": ..., "behind": bool, "behind_since": ...}}``;
+    empty when no monitor has reported (or the database has no file yet).
+    """
+    from sqlalchemy import NullPool, select
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.orm import Session
+
+    from defectscan.store.db import make_engine
+    from defectscan.store.schema import Event
+
+    if _missing_sqlite_file(url):
+        return {}
+    kwargs: dict[str, Any] = {"poolclass": NullPool}
+    if make_url(url).get_backend_name() == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": max(1, round(timeout_s))}
+    engine = make_engine(url, **kwargs)
+    try:
+        with Session(engine) as session:
+            events = session.scalars(
+                select(Event)
+                .where(Event.kind.in_(_LINE_EVENTS))
+                .order_by(Event.created_at.desc(), Event.id.desc())
+                .limit(1000)
+            ).all()
+            states: dict[str, dict[str, Any]] = {}
+            for e in events:  # newest first: the first of each kind per line wins
+                state = states.setdefault(e.line or "", {})
+                details = e.details or {}
+                if e.kind in ("engine_in_use", "engine_switch") and "engine" not in state:
+                    state["engine"] = str(details.get("engine", "?"))
+                    state["engine_at"] = e.created_at
+                elif e.kind in ("line_behind", "line_caught_up") and "behind" not in state:
+                    state["behind"] = e.kind == "line_behind"
+                    state["behind_since"] = e.created_at
+                    state["backlog"] = details.get("backlog")
+    finally:
+        engine.dispose()
+    return states
+
+
+def check_lines(url: str, *, timeout_s: float = 5.0, name: str = "lines") -> CheckResult | None:
+    """The engine each line's monitor runs, and a warning for a line whose backlog grows.
+
+    None when no monitor has reported yet (nothing to show).
+    """
+    try:
+        states = line_states(url, timeout_s=timeout_s)
+    except Exception:  # the database check says what is wrong with the database
+        logger.debug("line states unavailable", exc_info=True)
+        return None
+    if not states:
+        return None
+
+    def run() -> tuple[bool, str]:
+        parts = []
+        behind = False
+        for line, state in sorted(states.items()):
+            text = f"{line or '(no line)'}: {state.get('engine', 'engine unknown')}"
+            if state.get("behind"):
+                behind = True
+                since = state["behind_since"].strftime("%Y-%m-%d %H:%M")
+                text += (
+                    f", FALLING BEHIND since {since} UTC (backlog {state.get('backlog')}): "
+                    "images arrive faster than it inspects them"
+                )
+            else:
+                text += ", keeping up"
+            parts.append(text)
+        detail = "; ".join(parts)
+        return True, _Warning(detail) if behind else detail
+
+    return _timed(name, run)
 
 
 def _redis_urls(settings: Settings) -> list[str]:

@@ -39,10 +39,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -259,6 +261,13 @@ class LineMonitor:
         self._consumers_pruned_at = time.monotonic()
         self.prune_consumers_every_s = 600.0
         self._metrics_checked = False
+        # Falling behind: the backlog sampled every backlog_every_s; growing across every
+        # sample of the window (4 samples: 15 s) means images arrive faster than inspected.
+        self.backlog_every_s = 5.0
+        self._backlog: deque[int] = deque(maxlen=4)
+        self._backlog_at = float("-inf")
+        self.behind = False
+        self._engine_reported: str | None = None
         #: Background engine work (fast start, INT8 from the line): None when pinned or off.
         self.engines: EngineUpgrader | None = (
             EngineUpgrader(
@@ -312,9 +321,11 @@ class LineMonitor:
             self._ensure_registered()
             if self.engines is not None:
                 self.engines.between_batches(self.models.inspector, flow_run_id=flow_run_id)
+            self._report_engine(flow_run_id)
             if self.metrics is not None:
                 self._update_gauges()
             self._housekeeping()
+            self._watch_backlog(flow_run_id)
             n = 1 if self._suspects else self.batch_size
             records = self.source.claim(n, timeout=self.claim_timeout)
         except Exception as exc:
@@ -500,6 +511,56 @@ class LineMonitor:
         error = getattr(self._metrics_sink, "bind_error", None)
         if error:
             self._event("metrics_unavailable", str(error), "error", flow_run_id, {})
+
+    def _report_engine(self, flow_run_id: str | None) -> None:
+        """An ``engine_in_use`` event whenever the model or its engine changes (health)."""
+        inspector = self.models.inspector
+        engine = engine_label(inspector.backend)
+        shown = f"{inspector.model_version} {engine}"
+        if shown == self._engine_reported:
+            return
+        self._engine_reported = shown
+        self._event(
+            "engine_in_use",
+            f"inspecting with {engine} ({inspector.model_version})",
+            "info",
+            flow_run_id,
+            {"engine": engine, "device": str(getattr(inspector.backend, "device", "cpu"))},
+        )
+
+    def _watch_backlog(self, flow_run_id: str | None) -> None:
+        """An event and ``defectscan_line_behind`` when the backlog keeps growing (and after)."""
+        now = time.monotonic()
+        if now - self._backlog_at < self.backlog_every_s:
+            return
+        self._backlog_at = now
+        try:
+            waiting = self.source.backlog()
+        except DefectscanError:  # a source that cannot answer now: look again later
+            return
+        self._backlog.append(waiting)
+        samples = list(self._backlog)
+        growing = len(samples) == self._backlog.maxlen and all(
+            b > a for a, b in itertools.pairwise(samples)
+        )
+        if not self.behind and growing:
+            self.behind = True
+            message = (
+                f"line falling behind: {waiting} image(s) waiting and the backlog grew at each "
+                f"of the last {len(samples)} looks ({self.backlog_every_s:.0f} s apart)"
+            )
+            logger.warning(message)
+            self._event("line_behind", message, "warning", flow_run_id, {"backlog": waiting})
+        elif self.behind and (waiting == 0 or waiting <= min(samples[:-1])):
+            self.behind = False
+            message = f"line keeping up again: {waiting} image(s) waiting"
+            logger.info(message)
+            self._event("line_caught_up", message, "info", flow_run_id, {"backlog": waiting})
+        else:
+            return
+        set_behind = getattr(self._metrics_sink, "set_behind", None)
+        if callable(set_behind):
+            set_behind(line=self.line, behind=self.behind)
 
     def _housekeeping(self) -> None:
         """Archive retention (hourly) and idle consumers of the stream (every 10 minutes)."""

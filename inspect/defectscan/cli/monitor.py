@@ -7,6 +7,11 @@ SIGTERM finishes the batch in hand (its rows committed, its images acknowledged)
 By default each run is a Prefect flow run (the ephemeral API without a server, whose temporary
 server dies with the monitor, or the server at ``PREFECT_API_URL``); ``--no-prefect`` runs the
 same library loop without Prefect.
+
+Prefect's start-up (its import, the ephemeral server) takes seconds: it never holds back the
+first image. The monitor starts inspecting at once in a first run of its own while Prefect
+starts in a background thread; when Prefect answers, that run ends after the batch in hand and
+the same monitor (model, source, consumer) goes on in Prefect flow runs.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -164,10 +170,18 @@ def monitor_cmd(
     _install_stop_handlers()
     total = 0
     started = time.perf_counter()
-    runner = _prefect_runner if use_prefect else _local_runner
+    prefect_ready = threading.Event()
+    if use_prefect:
+        threading.Thread(
+            target=_start_prefect, args=(prefect_ready,), name="defectscan-prefect", daemon=True
+        ).start()
     try:
         while not STOP.is_set():
             bound = run_images if max_images is None else min(run_images, max_images - total)
+            # Until Prefect answers, the monitor runs on its own (a first run ends when it
+            # does, or on a stop request), then hands itself over to the flow runs.
+            early = use_prefect and not prefect_ready.is_set()
+            runner = _prefect_runner if use_prefect and not early else _local_runner
             summary = in_worker_thread(
                 runner,
                 source=source,
@@ -182,7 +196,11 @@ def monitor_cmd(
                 retention_every_s=retention_every,
                 auto_int8=auto_int8,
                 retry_int8=retry_int8,
+                until=prefect_ready if early else None,
             )
+            if early and prefect_ready.is_set() and not STOP.is_set():
+                _hand_over_to_prefect()
+                summary["stopped_by"] = "prefect_ready"
             total += int(summary["images"])
             if as_json:
                 sys.stdout.write(json.dumps(summary, default=str) + "\n")
@@ -208,6 +226,45 @@ def monitor_cmd(
         console.print(f"monitor stopped: {total} images in {elapsed:.1f} s")
 
 
+class _Either(threading.Event):
+    """Set when any of its events is: a run's stop request (STOP, or Prefect ready)."""
+
+    def __init__(self, *events: threading.Event) -> None:
+        super().__init__()
+        self._events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self._events)
+
+
+def _start_prefect(ready: threading.Event) -> None:
+    """Import the flows and start Prefect's API (the ephemeral server), then set ``ready``."""
+    try:
+        import flows.line_monitor  # noqa: F401 - configures Prefect, guards its server
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            client.hello()
+    except Exception:  # the first flow run will say what is wrong, loudly
+        logger.warning("Prefect did not start in the background", exc_info=True)
+    ready.set()
+
+
+def _hand_over_to_prefect() -> None:
+    """The monitor of the first run goes on in the flow runs (no second model load)."""
+    global _LOCAL
+    if _LOCAL is None:
+        return
+    from flows.line_monitor import adopt_monitor
+
+    (source, model, line, camera, batch_size, root), monitor = _LOCAL
+    adopt_monitor(
+        monitor, source=source, model=model, line=line, camera=camera, batch_size=batch_size,
+        root=root,
+    )  # fmt: skip
+    _LOCAL = None
+
+
 def _local_runner(**params: Any) -> dict[str, Any]:
     from defectscan.config import get_settings
     from defectscan.flow_params import check_monitor
@@ -215,7 +272,14 @@ def _local_runner(**params: Any) -> dict[str, Any]:
     from defectscan.retention import hand_over_retention, retention_due, run_retention
 
     global _LOCAL
-    key = (params["source"], params["model"], params["line"], params["camera"])
+    key = (
+        params["source"],
+        params["model"],
+        params["line"],
+        params["camera"],
+        params["batch_size"],
+        params["root"],
+    )
     if _LOCAL is None or _LOCAL[0] != key:
         check_monitor(
             get_settings(),
@@ -239,10 +303,14 @@ def _local_runner(**params: Any) -> dict[str, Any]:
         _LOCAL = (key, monitor)
     if retention_due(_LOCAL[1], every_s=params["retention_every_s"]):
         run_retention(_LOCAL[1])
+    from defectscan.monitor import STOP
+
+    until = params.get("until")
     summary = _LOCAL[1].run(
         max_images=params["max_images"],
         max_seconds=params["max_seconds"],
         idle_exit=params["idle_exit"],
+        stop=_Either(STOP, until) if until is not None else None,
     )
     return summary.to_dict()
 
@@ -253,6 +321,7 @@ _LOCAL: tuple[tuple[Any, ...], Any] | None = None
 def _prefect_runner(**params: Any) -> dict[str, Any]:
     from flows.line_monitor import line_monitor
 
+    params.pop("until", None)
     result: dict[str, Any] = line_monitor(**params)
     return result
 

@@ -66,7 +66,8 @@ def health_cmd(
         list[str] | None,
         typer.Option(
             "--check",
-            help="Run only this check (repeatable): database, redis, model, archive, prefect.",
+            help="Run only this check (repeatable): database, redis, model, archive, prefect, "
+            "lines (each monitor's engine, and whether its backlog grows).",
         ),
     ] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per network check.")] = 5.0,

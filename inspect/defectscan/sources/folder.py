@@ -5,7 +5,9 @@ source's own folders live beside the images; files in other subfolders are never
 
     root/x.png                          written by the camera (``x.png.tmp`` then renamed, or
                                         in place: only files whose size and mtime stay steady
-                                        over ``stable_polls`` polls are taken)
+                                        over ``stable_polls`` polls are taken, or at once
+                                        when the watcher saw the writer close the file or
+                                        rename it into ``root``)
     root/processing/x.png               claimed, being inspected
     root/processing/.deliveries/x.png.json
                                         who holds it and how often it was handed out; survives
@@ -125,8 +127,12 @@ class FolderSource:
 
     ``stable_polls`` polls at least ``poll_interval`` seconds apart must see the same size and
     mtime before a file is taken (``1`` takes a file at once: for cameras that always write
-    ``*.tmp`` and rename). ``rescan_interval`` bounds how long a dropped filesystem event can
-    delay a file, and how often files of crashed sources in ``processing/`` are looked for.
+    ``*.tmp`` and rename). While the folder is watched, a file is taken at once, without
+    waiting for polls, when its writer closed it after writing (inotify's close-write) or
+    renamed it into ``root``, and it has not changed since (``take_closed``; turn it off for
+    a camera that closes and reopens a file while writing it). ``rescan_interval`` bounds how
+    long a dropped filesystem event can delay a file, and how often files of crashed sources
+    in ``processing/`` are looked for.
     After ``max_deliveries`` unsettled deliveries a file is handed out as poison, so it is
     rejected with an error row instead of crash-looping the monitor.
     """
@@ -144,6 +150,7 @@ class FolderSource:
         max_deliveries: int = 5,
         suffixes: Iterable[str] | None = IMAGE_SUFFIXES,
         watch: bool = True,
+        take_closed: bool = True,
     ) -> None:
         if after not in ("move", "delete"):
             msg = f"after={after!r} is not supported: use 'move' (into done/) or 'delete'"
@@ -185,6 +192,10 @@ class FolderSource:
         self._seen: dict[str, _Seen] = {}
         self._redeliver: list[str] = []  # names in processing/ we own and must hand out again
         self._inflight: set[str] = set()
+        # name -> (size, mtime_ns) when the watcher saw its writer finish (close or rename in)
+        self.take_closed = take_closed
+        self._complete: dict[str, tuple[int, int]] = {}
+        self._complete_lock = threading.Lock()
         self._last_sweep = float("-inf")
         self._last_scan = float("-inf")
         self._closed = False
@@ -362,7 +373,12 @@ class FolderSource:
             except OSError:
                 continue  # claimed by another source between listing and stat
             prev = self._seen.get(entry.name)
-            if prev is None or (prev.size, prev.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            with self._complete_lock:
+                finished = self._complete.get(entry.name)
+            if finished == (st.st_size, st.st_mtime_ns):
+                # Its writer closed it (or renamed it in) and it has not changed since.
+                cur = _Seen(st.st_size, st.st_mtime_ns, polls=self.stable_polls, last_poll=now)
+            elif prev is None or (prev.size, prev.mtime_ns) != (st.st_size, st.st_mtime_ns):
                 cur = _Seen(st.st_size, st.st_mtime_ns, polls=1, last_poll=now)
             else:
                 cur = prev
@@ -375,6 +391,9 @@ class FolderSource:
             else:
                 unstable = True
         self._seen = seen
+        with self._complete_lock:
+            for name in [n for n in self._complete if n not in seen]:
+                del self._complete[name]  # claimed, or gone: forget it
         self._last_scan = now
         return [name for _, name in sorted(stable)], unstable
 
@@ -604,6 +623,17 @@ class FolderSource:
 
     # ------------------------------------------------------------------ watching
 
+    def _finished(self, path: str) -> None:
+        """The watcher saw a file's writer finish it: remember its size and mtime then."""
+        if os.path.dirname(path) != str(self.root):
+            return
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            return
+        with self._complete_lock:
+            self._complete[os.path.basename(path)] = (st.st_size, st.st_mtime_ns)
+
     def _start_watching(self) -> None:
         _quiet_watchdog_shutdown()
         try:
@@ -614,10 +644,19 @@ class FolderSource:
             return
 
         wake = self._wake
+        finished = self._finished if self.take_closed else None
 
         class _Wake(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
                 wake.set()
+
+            def on_closed(self, event: FileSystemEvent) -> None:
+                if finished is not None and not event.is_directory:
+                    finished(os.fsdecode(event.src_path))
+
+            def on_moved(self, event: FileSystemEvent) -> None:
+                if finished is not None and not event.is_directory:
+                    finished(os.fsdecode(event.dest_path))
 
         observer = Observer()
         try:

@@ -422,3 +422,47 @@ def test_source_path_records_are_read_without_following_symlinks(tmp_path: Path)
         record.read()
     # a path a user names on the command line may be a symlink: that is theirs to use
     assert ImageRecord.from_path(tmp_path / "link.png").read() == b"bytes"
+
+
+def test_a_watched_file_is_taken_as_soon_as_its_writer_closes_it(
+    cam: Path, sources: list[FolderSource]
+) -> None:
+    """Latency: no waiting for stable polls once the writer closed the file (close-write)."""
+    # Polls 30 s apart: without the close event a file would wait at least that long.
+    source = _open(sources, cam, stable_polls=2, poll_interval=30.0, rescan_interval=30.0,
+                   watch=True)  # fmt: skip
+    if source._observer is None:
+        pytest.skip("no inotify watch here")
+    with (cam / "a.png").open("wb") as f:
+        f.write(b"first half ")
+        f.flush()
+        # still open for writing: not taken
+        assert source.claim(1, timeout=0.3) == []
+        f.write(b"second half")
+    t0 = time.monotonic()
+    [record] = source.claim(1, timeout=5)
+    assert time.monotonic() - t0 < 5
+    assert record.read() == b"first half second half"
+    # renamed into the folder by the camera (*.tmp then rename): at once too
+    _write(cam / "b.png.tmp")
+    os.replace(cam / "b.png.tmp", cam / "b.png")
+    [renamed] = source.claim(1, timeout=5)
+    assert renamed.id == "b.png"
+    # a file changed after its close is not taken on the strength of that close
+    path = _write(cam / "c.png", b"one")
+    time.sleep(0.05)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b" two")  # written, not closed yet
+    try:
+        assert source.claim(1, timeout=0.3) == []
+    finally:
+        os.close(fd)
+    [grown] = source.claim(1, timeout=5)
+    assert grown.read() == b"one two"
+
+
+def test_take_closed_off_waits_for_stable_polls(cam: Path, sources: list[FolderSource]) -> None:
+    source = _open(sources, cam, stable_polls=2, poll_interval=30.0, rescan_interval=30.0,
+                   watch=True, take_closed=False)  # fmt: skip
+    _write(cam / "a.png")
+    assert source.claim(1, timeout=0.5) == []
