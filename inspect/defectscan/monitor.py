@@ -63,6 +63,7 @@ from defectscan.champion import (
 from defectscan.engine_upgrade import EngineOptions, EngineUpgrader
 from defectscan.errors import ConfigError, DefectscanError
 from defectscan.model.engines import engine_label
+from defectscan.monitor_controls import ConsoleControls
 from defectscan.monitor_stats import RunSummary, WindowStats
 from defectscan.service import (
     BatchOutcome,
@@ -252,6 +253,9 @@ class LineMonitor:
         self._paused_until = float("-inf")
         self._plant_fault: str | None = None
         self.plant_faults = 0
+        #: The operator console's pause and threshold rules (monitor_build sets it for a line).
+        self.controls: ConsoleControls | None = None
+        self._console_pause_shown = False
         self._gauges_at = float("-inf")
         self._archive_at = float("-inf")
         self._model_shown: str | None = None
@@ -299,6 +303,11 @@ class LineMonitor:
         return time.monotonic() < self._paused_until
 
     @property
+    def console_paused(self) -> bool:
+        """True while the operator console has this line paused (nothing is claimed)."""
+        return self.controls is not None and self.controls.paused
+
+    @property
     def plant_fault(self) -> str | None:
         """The plant fault the line is riding out (None when none): a paused line is not idle."""
         return self._plant_fault
@@ -319,6 +328,8 @@ class LineMonitor:
         try:
             self.models.refresh(flow_run_id=flow_run_id)
             self._ensure_registered()
+            if self._console_pause(flow_run_id):
+                return []
             if self.engines is not None:
                 self.engines.between_batches(self.models.inspector, flow_run_id=flow_run_id)
             self._report_engine(flow_run_id)
@@ -394,8 +405,21 @@ class LineMonitor:
         """
         records = self.claim(flow_run_id=flow_run_id)
         if not records:
-            return BatchOutcome() if self._plant_fault is not None else None
+            paused = self._plant_fault is not None or self.console_paused
+            return BatchOutcome() if paused else None
         return self.process(records, flow_run_id=flow_run_id)
+
+    def _console_pause(self, flow_run_id: str | None) -> bool:
+        """The console's rules and pause, read between batches; True (after a wait) if paused."""
+        if self.controls is None:
+            return False
+        paused = self.controls.poll(self.models.inspector, flow_run_id=flow_run_id)
+        if self.metrics is not None and paused != self._console_pause_shown:
+            self.metrics.set_paused(line=self.line, paused=paused)
+        self._console_pause_shown = paused
+        if paused:
+            STOP.wait(self.claim_timeout)
+        return paused
 
     def _known_line(self, record: ImageRecord) -> ImageRecord:
         """``record``, or its refusal when it names a line the plant file does not know."""

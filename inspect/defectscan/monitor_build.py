@@ -16,6 +16,7 @@ from defectscan.champion import InspectorLoader, ModelProvider, line_loader
 from defectscan.engine_upgrade import EngineOptions
 from defectscan.errors import ConfigError
 from defectscan.monitor import LineMonitor
+from defectscan.monitor_controls import ConsoleControls
 from defectscan.service import MetricsSink
 from defectscan.store.db import session_factory
 
@@ -123,7 +124,7 @@ def build_monitor(
         archive_dir = settings.archive_dir or settings.var_dir / "archive"
         archive = ImageArchive(archive_dir, ArchivePolicy.from_config(settings.archive_for(line)))
     cameras = list(line_cfg.cameras) if line_cfg else []
-    return LineMonitor(
+    monitor = LineMonitor(
         src,
         models,
         engine,
@@ -138,3 +139,12 @@ def build_monitor(
         # Latency: a row commits as soon as its image is inspected, not with its micro-batch.
         commit_every=1,
     )
+    if line:
+        # The operator console's pause and threshold rules, read between batches.
+        monitor.controls = ConsoleControls(
+            session_factory(engine, write=True),
+            line,
+            base=line_cfg,
+            event=monitor._event,
+        )
+    return monitor

@@ -496,6 +496,13 @@ class Inspector:
                 self._post_cfg[line] = cfg
             return cfg
 
+    def set_line_config(self, line: str, config: LineConfig) -> None:
+        """Replace a line's rules (the console's threshold rules); frames after this use them."""
+        PostprocessConfig.from_spec(self.spec, config)  # refuse rules the model cannot take
+        with self._post_lock:
+            self.lines[line] = config
+            self._post_cfg.pop(line, None)
+
     def inspect_one(self, record: ImageRecord, *, keep_image: bool = False) -> InspectionResult:
         """Inspect a single record."""
         return next(iter(self.inspect([record], keep_images=keep_image)))

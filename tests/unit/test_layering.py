@@ -64,6 +64,7 @@ FLOORS: list[tuple[str, list[str]]] = [
             "monitor",
             "monitor_stats",
             "monitor_build",
+            "monitor_controls",
             "engine_upgrade",
             "champion",
             "batch",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -52,11 +52,53 @@ def config_show(
     settings = load_settings(config)
     data = settings.masked()
     source = config or settings_file()
+    note = _console_thresholds(settings, data)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
     typer.echo(f"# plant file: {source or 'none'}; DEFECTSCAN_* environment variables win")
+    typer.echo(f"# {note}")
     typer.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+
+
+def _console_thresholds(settings: Any, data: dict[str, Any]) -> str:
+    """Put the console's threshold rules (they override the plant file) into ``data``'s
+    lines, each class's origin under ``threshold_origin``; a line saying what was found."""
+    from sqlalchemy import select
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from defectscan.store.db import make_engine, session_factory
+    from defectscan.store.schema import ThresholdRule
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        if not url.database or not Path(url.database).is_file():
+            return "console threshold rules: no database yet; plant file only"
+        engine = make_engine(settings.database_url)
+    else:
+        engine = make_engine(settings.database_url, connect_args={"connect_timeout": 3})
+    try:
+        with session_factory(engine)() as session:
+            rules = list(session.scalars(select(ThresholdRule).order_by(ThresholdRule.version)))
+    except SQLAlchemyError as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return f"console threshold rules: database not readable ({reason}); plant file only"
+    finally:
+        engine.dispose()
+    lines = data.setdefault("lines", {})
+    for line_cfg in lines.values():
+        origins = dict.fromkeys(line_cfg.get("thresholds") or {}, "plant file")
+        line_cfg["threshold_origin"] = origins
+    for rule in rules:  # ascending versions: the newest wins
+        line_cfg = lines.setdefault(rule.line, {"name": rule.line, "thresholds": {}})
+        line_cfg.setdefault("thresholds", {})[rule.class_name] = rule.threshold
+        line_cfg.setdefault("threshold_origin", {})[rule.class_name] = (
+            f"console rule v{rule.version} by {rule.created_by} "
+            f"({rule.created_at:%Y-%m-%d %H:%M} UTC): {rule.reason}"
+        )
+    n = len({(r.line, r.class_name) for r in rules})
+    return f"console threshold rules in force: {n} (they override the plant file's thresholds)"
 
 
 def health_cmd(

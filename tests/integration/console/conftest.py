@@ -160,9 +160,7 @@ def page(browser: Any, console: Console) -> Iterator[Any]:
     yield p
     context.close()
     foreign = [
-        u
-        for u in console.requests
-        if not (u.startswith((console.url + "/", "data:", "blob:")))
+        u for u in console.requests if not (u.startswith((console.url + "/", "data:", "blob:")))
     ]
     assert not foreign, f"requests left the console's origin: {foreign}"
     csp = [e for e in errors if "Content Security Policy" in e]
