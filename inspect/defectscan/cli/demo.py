@@ -10,7 +10,7 @@ from rich.table import Table
 
 from defectscan.cli.common import console
 
-__all__ = ["register"]
+__all__ = ["demo_account", "register"]
 
 
 def demo_cmd(
@@ -70,6 +70,39 @@ def demo_cmd(
     table.add_row("database", f"{summary.database_url} ({summary.rows_in_database} rows)")
     table.add_row("report", str(summary.report_path))
     console.print(table)
+    name, password = demo_account(settings.database_url)
+    console.print(
+        "\n[bold]Operator console[/] on these results: run\n"
+        f"  DEFECTSCAN_RETRAIN_DATA={workdir / 'train'} .venv/bin/defectscan console\n"
+        f"then open http://{settings.console.host}:{settings.console.port}/ and log in as "
+        f"[bold]{name}[/] with the password below (shown once; `defectscan users passwd {name}` "
+        "makes a new one):"
+    )
+    console.print(f"  {password}", markup=False, highlight=False)
+
+
+def demo_account(database_url: str, name: str = "demo") -> tuple[str, str]:
+    """A console account for the demo (engineer: review, retrain, promote) with a new random
+    password; an existing ``demo`` account gets a new one (the old one was shown once)."""
+    from defectscan.cli.users import generate_password
+    from defectscan.console.security import hash_password
+    from defectscan.store.console_users import add_user, audit, get_user, set_password_hash
+    from defectscan.store.db import make_engine, session_factory
+
+    password = generate_password()
+    engine = make_engine(database_url)
+    try:
+        with session_factory(engine, write=True).begin() as session:
+            if get_user(name, session=session) is None:
+                add_user(
+                    name, password_hash=hash_password(password), role="engineer", session=session
+                )
+            else:
+                set_password_hash(name, hash_password(password), session=session)
+            audit("user_demo", who=None, ip="cli", detail={"user": name}, session=session)
+    finally:
+        engine.dispose()
+    return name, password
 
 
 def register(app: typer.Typer) -> None:
