@@ -81,6 +81,8 @@ class Console:
     sessions: sessionmaker[Session]
     var_dir: Path
     process: subprocess.Popen[bytes]
+    database_url: str
+    plant: Path
     requests: list[str] = field(default_factory=list)
 
 
@@ -95,7 +97,7 @@ def console(tmp_path: Path, db_url: str, db_sessions: sessionmaker[Session]) -> 
     plant.write_text(
         yaml.safe_dump(
             {
-                "lines": {"L1": {"thresholds": {"scratch": 0.6}}},
+                "lines": {"L1": {}},
                 "console": {"host": "127.0.0.1", "port": port},
             }
         )
@@ -129,7 +131,15 @@ def console(tmp_path: Path, db_url: str, db_sessions: sessionmaker[Session]) -> 
             proc.kill()
             pytest.fail(f"console did not start:\n{(tmp_path / 'console.log').read_text()[-3000:]}")
         time.sleep(0.2)
-    c = Console(url=url, seeded=seeded, sessions=db_sessions, var_dir=var, process=proc)
+    c = Console(
+        url=url,
+        seeded=seeded,
+        sessions=db_sessions,
+        var_dir=var,
+        process=proc,
+        database_url=db_url,
+        plant=plant,
+    )
     try:
         yield c
     finally:

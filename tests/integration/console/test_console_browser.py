@@ -241,3 +241,66 @@ def test_pause_and_resume_a_line(page: Any, console: Console, screenshot_dir: Pa
     # the page refreshes itself through htmx (every 5 s): a request to /lines/table goes out
     with page.expect_request("**/lines/table", timeout=12_000):
         pass
+
+
+def test_a_running_monitor_follows_pause_resume_and_a_threshold(
+    page: Any, console: Console, tmp_path: Path
+) -> None:
+    """``defectscan monitor`` on a camera folder: paused from the page it stops claiming;
+    a threshold applied on the page is what it inspects with once resumed."""
+    from helpers.line import cli_env, oracle_checkpoint, start_cli, stop, wait_for, write_parts
+
+    camera = tmp_path / "camera"
+    model = oracle_checkpoint(tmp_path / "oracle.safetensors")
+    env = cli_env(tmp_path, console.database_url, DEFECTSCAN_CONFIG=str(console.plant))
+    env["DEFECTSCAN_VAR_DIR"] = str(console.var_dir)
+    for key in [k for k in env if k.startswith("PREFECT_")]:
+        del env[key]
+    log = tmp_path / "monitor.log"
+    monitor = start_cli(
+        ["monitor", "--source", f"folder:{camera}", "--model", str(model), "--line", "L1"],
+        env,
+        log,
+    )
+    oracle_rows = (
+        "SELECT i.verdict FROM inspections i JOIN model_versions m "
+        "ON m.id = i.model_version_id WHERE m.name = 'oracle' ORDER BY i.id"
+    )
+    try:
+        write_parts(camera, 3, fail_every=1)  # every part has a dark rectangle
+        wait_for(lambda: len(_rows(console, oracle_rows)) == 3, timeout=240, what="the first rows")
+        assert [r[0] for r in _rows(console, oracle_rows)] == ["fail"] * 3
+        log_in(page, "admin")
+        page.click('button.pause[data-line="L1"]')
+        page.wait_for_url("**/lines?msg=**")
+        wait_for(
+            lambda: (
+                _rows(console, "SELECT count(*) FROM events WHERE kind = 'monitor_paused'")[0][0]
+                == 1
+            ),
+            timeout=30,
+            what="the monitor to see the pause",
+        )
+        write_parts(camera, 3, start=3, fail_every=1)
+        time.sleep(4)  # two of the monitor's polls: it must not claim them
+        assert len(_rows(console, oracle_rows)) == 3
+        assert len(list(camera.glob("part*.png"))) == 3
+        # an engineer's rule: 1 switches the class off, so the dark parts now pass
+        page.goto("/thresholds?line=L1&class_name=dark&threshold=1")
+        page.fill("#apply-reason", "trial: dark spots are cosmetic")
+        page.click("#apply-threshold")
+        page.wait_for_url("**/thresholds?**msg=**")
+        assert "console rule v1 by admin" in page.content()
+        page.goto("/lines")
+        page.click('button.resume[data-line="L1"]')
+        page.wait_for_url("**/lines?msg=**")
+        wait_for(
+            lambda: len(_rows(console, oracle_rows)) == 6, timeout=60, what="the parts after resume"
+        )
+        assert [r[0] for r in _rows(console, oracle_rows)] == ["fail"] * 3 + ["pass"] * 3
+        kinds = [k for (k,) in _rows(console, "SELECT kind FROM events ORDER BY id")]
+        assert "monitor_resumed" in kinds
+        assert "threshold_applied" in kinds
+    finally:
+        stop(monitor)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
