@@ -75,6 +75,9 @@ class LineSummary:
     paused_by: str | None = None
     state: str = "down"  # up, paused, idle, down
     latency_p95_ms: float | None = None
+    #: The line's newest event (a plant fault, a refused model, falling behind, a pause...):
+    #: (kind, level, message, when). Later figures (drift) add their own fields here.
+    last_event: tuple[str, str, str, datetime] | None = None
 
 
 def _rate(fails: int, total: int) -> float | None:
@@ -172,7 +175,18 @@ def lines_overview(
             .group_by(RunMetric.line)
         ).all()
     )
+    last_events: dict[str, tuple[str, str, str, datetime]] = {}
+    for line in {s.line for s in keys.values()}:
+        ev = session.execute(
+            select(Event.kind, Event.level, Event.message, Event.created_at)
+            .where(Event.line == line)
+            .order_by(Event.id.desc())
+            .limit(1)
+        ).first()
+        if ev is not None:
+            last_events[line] = (ev.kind, ev.level, ev.message, ev.created_at)
     for s in keys.values():
+        s.last_event = last_events.get(s.line)
         s.top_classes = sorted(s.top_classes, key=lambda kv: (-kv[1], kv[0]))[:3]
         control = controls.get(s.line)
         s.paused = bool(control and control.paused)

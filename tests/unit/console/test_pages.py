@@ -209,7 +209,10 @@ def test_pause_and_resume_a_line(
 ) -> None:
     token = login(client, "operator")
     assert client.post("/lines/L1/pause", data={"csrf_token": token}).status_code == 303
-    assert "paused by operator" in client.get("/lines/table").text
+    table = client.get("/lines/table").text
+    assert "paused by operator" in table
+    assert "last event: " in table
+    assert "line_paused</a>" in table
     from defectscan.store.line_rules import line_paused
 
     with db_sessions() as s:
