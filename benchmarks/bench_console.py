@@ -2,8 +2,8 @@
 
 Fills a SQLite file and a throwaway PostgreSQL database with ``--rows`` inspections (four
 lines, two cameras each, spread over 30 days; 10% fails with one defect each, 1% reviewed,
-one run_metrics row per line and minute of the last day), then asks the console (its real
-app, FastAPI's TestClient, a logged-in session) for:
+one run_metrics row per line and minute of the last 7 days, as monitors write them), then asks
+the console (its real app, FastAPI's TestClient, a logged-in session) for:
 
 - ``gallery``: ``/inspections``, the newest page;
 - ``gallery_filtered``: ``/inspections?line=L2&verdict=fail&class_name=dent&since=7d``;
@@ -150,7 +150,7 @@ def _fill(url: str, rows: int, *, now: datetime, seed: int = 7) -> dict[str, flo
                 "created_at": now,
             }
             for line in LINES
-            for m in range(24 * 60)
+            for m in range(7 * 24 * 60)
         ]
         c.execute(RunMetric.__table__.insert(), metrics)
         if engine.dialect.name == "postgresql":

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy import case, exists, func, or_, select
+from sqlalchemy import true as sa_true
 from sqlalchemy.orm import Session, selectinload
 
 from defectscan.store._sql import _as_utc, _aware, _hour
@@ -50,6 +51,11 @@ __all__ = [
 
 #: A fail whose peak score is at most this far above 0.5 counts as a close call in the queue.
 CLOSE_CALL_MARGIN = 0.15
+#: The Lines page shows the lines and cameras among this many newest inspections of the week
+#: (besides the plant file's lines and those with monitor windows).
+RECENT_KEYS = 2000
+#: Without monitor windows, a line's 7-day fail rate is taken over at most its newest this many.
+WEEK_SAMPLE = 20_000
 
 
 # --------------------------------------------------------------------------- lines
@@ -99,27 +105,56 @@ def lines_overview(
         now - timedelta(minutes=5),
     )
     controls = {c.line: c for c in session.scalars(select(LineControl))}
-    recent = session.execute(
-        select(
-            Inspection.line,
-            Inspection.camera,
-            func.count(Inspection.id),
-            func.count(Inspection.id),
-            func.sum(case((Inspection.verdict == "fail", 1), else_=0)),
-        )
-        .where(Inspection.finished_at >= week_ago, Inspection.line.is_not(None))
-        .group_by(Inspection.line, Inspection.camera)
-    ).all()
     keys: dict[tuple[str, str | None], LineSummary] = {}
-    for line, camera, last_id, n, fails in recent:
-        s = LineSummary(line=line, camera=camera, last_id=last_id)
-        s.fail_rate_week = _rate(int(fails or 0), int(n))
-        keys[(line, camera)] = s
-    for line in list(lines) + list(controls):
+    # Which lines and cameras to show: those of the newest inspections (an index range, not a
+    # scan of the week), the plant file's, those with a control row or monitor windows.
+    newest = session.execute(
+        select(Inspection.line, Inspection.camera)
+        .where(Inspection.finished_at >= week_ago)
+        .order_by(Inspection.finished_at.desc())
+        .limit(RECENT_KEYS)
+    ).all()
+    for line, camera in newest:
+        if line is not None:
+            keys.setdefault((line, camera), LineSummary(line=line, camera=camera))
+    week_metrics = {
+        line: (int(processed or 0), int(rejected or 0), int(failed or 0))
+        for line, processed, rejected, failed in session.execute(
+            select(
+                RunMetric.line,
+                func.sum(RunMetric.processed),
+                func.sum(RunMetric.rejected),
+                func.sum(RunMetric.failed),
+            )
+            .where(RunMetric.window_start >= week_ago, RunMetric.line.is_not(None))
+            .group_by(RunMetric.line)
+        )
+    }
+    for line in [*lines, *controls, *(str(m) for m in week_metrics)]:
         if not any(k[0] == line for k in keys):
             keys[(line, None)] = LineSummary(line=line, camera=None)
     if not keys:
         return []
+    week_rates: dict[str, float | None] = {}
+    for line in {k[0] for k in keys}:
+        if line in week_metrics:  # a monitor's per-minute windows: cheap at any volume
+            processed, rejected, failed = week_metrics[line]
+            week_rates[line] = _rate(failed, processed - rejected)
+            continue
+        # No monitor windows (batch inspections only): the line's newest parts of the week.
+        recent = (
+            select(Inspection.verdict)
+            .where(Inspection.line == line, Inspection.finished_at >= week_ago)
+            .order_by(Inspection.finished_at.desc())
+            .limit(WEEK_SAMPLE)
+            .subquery()
+        )
+        n, fails = session.execute(
+            select(func.count(), func.sum(case((recent.c.verdict == "fail", 1), else_=0)))
+        ).one()
+        week_rates[line] = _rate(int(fails or 0), int(n or 0))
+    for s in keys.values():
+        s.fail_rate_week = week_rates.get(s.line)
     hour_rows = session.execute(
         select(
             Inspection.line,
@@ -137,11 +172,9 @@ def lines_overview(
             hs.fail_rate_hour = _rate(int(fails or 0), int(n))
             hs.images_per_min = int(last5 or 0) / 5.0
     for s in keys.values():
-        if s.last_id is None:
-            continue
-        camera_is = (
-            Inspection.camera.is_(None) if s.camera is None else Inspection.camera == s.camera
-        )
+        s.last_id = None
+        # A card without a camera shows the line's newest image, whatever its camera.
+        camera_is = sa_true() if s.camera is None else Inspection.camera == s.camera
         row = session.execute(
             select(
                 Inspection.id,
@@ -326,11 +359,10 @@ def gallery_page(
     after = decode_cursor(cursor) if cursor else None
     if after is not None:
         when, id_ = after
+        # The range on finished_at alone lets the index do the work; the OR only breaks ties.
         q = q.where(
-            or_(
-                Inspection.finished_at < when,
-                and_(Inspection.finished_at == when, Inspection.id < id_),
-            )
+            Inspection.finished_at <= when,
+            or_(Inspection.finished_at < when, Inspection.id < id_),
         )
     rows = session.execute(
         q.order_by(Inspection.finished_at.desc(), Inspection.id.desc()).limit(limit + 1)

@@ -360,3 +360,37 @@ def test_trends_and_events_pages(client: TestClient, seeded: Seeded) -> None:
     assert "defect rate by class" in page.text
     assert client.get("/trends", params={"span": "7d"}).status_code == 200
     assert client.get("/events").status_code == 200
+
+
+def test_the_week_fail_rate_comes_from_monitor_windows_when_there_are_any(
+    client: TestClient, seeded: Seeded, db_sessions: sessionmaker[Session]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from defectscan.store.console_queries import lines_overview
+    from defectscan.store.operations import save_run_metrics
+
+    with client.app.state.console.read() as session:  # type: ignore[attr-defined]
+        [before] = lines_overview(session=session, lines=["L1"])
+    assert before.fail_rate_week == len(seeded.fails) / len(seeded.ids)  # from the rows
+    now = datetime.now(UTC)
+    with db_sessions.begin() as s:
+        for m in range(3):
+            save_run_metrics(
+                session=s,
+                flow_run_id="run-1",
+                line="L1",
+                window_start=now - timedelta(minutes=m + 1),
+                window_end=now - timedelta(minutes=m),
+                processed=110,
+                rejected=10,
+                failed=25,
+                latency_p95_ms=42.0,
+            )
+    with client.app.state.console.read() as session:  # type: ignore[attr-defined]
+        [after] = lines_overview(session=session, lines=["L1", "L9"])[:1]
+        cards = lines_overview(session=session, lines=["L1", "L9"])
+    assert after.fail_rate_week == 0.25  # 75 failed of 300 inspected
+    assert after.latency_p95_ms == 42.0
+    assert after.state == "up"
+    assert [(c.line, c.state) for c in cards] == [("L1", "up"), ("L9", "down")]
