@@ -27,6 +27,11 @@ One module each, beside this file; their docstrings say what each row measures:
 - ``store`` (``bench_store.py``): results-store writes, batched vs row by row.
 - ``training`` (``bench_training.py``): training crops/s and where an epoch's time goes.
 - ``tta`` (``bench_tta.py``): what test-time flips cost, images/s with none, h and hv.
+- ``autoint8``, ``latency``, ``startup`` (``bench_fastline.py``): a monitor on the default
+  settings before and after it switched to INT8 by itself (beside a manual INT8 export,
+  OpenVINO fp32 and the seed loop); arrival to committed row under a paced producer at
+  several rates, and the capacity; ``defectscan monitor`` to its first row for a new and a
+  known checkpoint, and its time to reach INT8.
 
 What they share (the config, machine info, statistics, the seed model and tiles, the timing
 loop) is in ``bench_common.py``, the printed tables in ``bench_tables.py``. This module only
@@ -66,6 +71,13 @@ JSON (``--out``, default ``var/bench/bench.json``), schema ``defectscan-bench/1`
                     "error"}],
       "tta": [{"name", "tta", "passes", "images", "image_size", "rounds",
                "images_per_s": {...}, "cost", "error"}],
+      "autoint8": [{"name", "tiles_per_s": {...}, "images_per_s", "vs_seed_naive",
+                    "vs_openvino_model_only", "start_engine", "int8_state", "switch_s",
+                    "images_fed", "tiles_per_image"}],
+      "latency": [{"name", "engine", "rate_images_per_s", "images", "seconds", "p50_s",
+                   "p95_s", "capacity_images_per_s", "backlog_grew", "backlog_at_end"}],
+      "startup": [{"name", "first_row_s", "start_engine", "int8_state", "switch_s",
+                   "images_fed"}],
       "notes": ["..."]
     }
 
@@ -92,6 +104,7 @@ from defectscan.model.backends import resolve_device
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import CPU_ENGINE_BATCH, SECTIONS, BenchConfig, Log, loadavg, machine_info
 from bench_engines import run_engines
+from bench_fastline import print_fastline_tables, run_autoint8, run_latency, run_startup
 from bench_large import run_large
 from bench_pipeline import run_pipeline
 from bench_store import run_store
@@ -106,9 +119,12 @@ __all__ = [
     "config_from_args",
     "machine_info",
     "main",
+    "run_autoint8",
     "run_engines",
     "run_large",
+    "run_latency",
     "run_pipeline",
+    "run_startup",
     "run_store",
     "run_training",
     "run_tta",
@@ -123,6 +139,9 @@ _SECTIONS: dict[str, Callable[[BenchConfig, list[str], Log], list[Any]]] = {
     "store": run_store,
     "training": run_training,
     "tta": run_tta,
+    "autoint8": run_autoint8,
+    "latency": run_latency,
+    "startup": run_startup,
 }
 
 
@@ -137,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
-        help="comma-separated: engines,pipeline,large,store,training,tta",
+        help="comma-separated: engines,pipeline,large,store,training,tta,autoint8,latency,startup",
     )
     parser.add_argument("--seconds", type=float, default=None, help="budget per measurement")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (5)")
@@ -232,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "large": [],
         "store": [],
         "training": [],
+        "autoint8": [],
+        "latency": [],
+        "startup": [],
         "notes": notes,
     }
     for name in cfg.sections:
@@ -240,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     cfg.out.write_text(json.dumps(payload, indent=2) + "\n")
     print_tables(payload)
+    print_fastline_tables(payload)
     stdout_console().print(f"wrote {cfg.out}")
     return payload
 

@@ -54,7 +54,17 @@ __all__ = [
     "timed_round",
 ]
 
-SECTIONS = ("engines", "pipeline", "large", "store", "training", "tta")
+SECTIONS = (
+    "engines",
+    "pipeline",
+    "large",
+    "store",
+    "training",
+    "tta",
+    "autoint8",
+    "latency",
+    "startup",
+)
 SEED_TILE_FLOP = 62e9  # seed UNet (3->1, bilinear, width 64) on one 256x256 tile
 # Dense bf16 tensor-core peaks (TFLOP/s), by a substring of torch.cuda.get_device_name().
 # Checked in order: the more specific names first.

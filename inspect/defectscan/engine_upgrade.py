@@ -259,6 +259,15 @@ class EngineUpgrader:
         self.switches: list[tuple[str, str, float]] = []
         self._tiles: Any = None
 
+    @property
+    def settled(self) -> bool:
+        """True once nothing is left to do for the running model (no job running or due)."""
+        if self._sha is None or self._proc is not None:
+            return False
+        if self._fp32_todo or self._check_int8_cached or self._gathering:
+            return False
+        return self.state in ("int8", "kept", "failed", "off")
+
     # ------------------------------------------------------------------ the monitor's hooks
 
     def observe(self, result: InspectionResult) -> None:

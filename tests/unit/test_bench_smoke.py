@@ -34,6 +34,7 @@ BENCH_LAYERS: tuple[tuple[str, ...], ...] = (
         "bench_training",
         "bench_tta",
         "bench_tables",
+        "bench_fastline",
     ),
     ("bench", "soak_monitor"),
 )
@@ -141,7 +142,17 @@ print(json.dumps({{"missing": missing, "config": cfg.to_dict()}}))
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["missing"] == []
     config = result["config"]
-    assert config["sections"] == ["engines", "pipeline", "large", "store", "training", "tta"]
+    assert config["sections"] == [
+        "engines",
+        "pipeline",
+        "large",
+        "store",
+        "training",
+        "tta",
+        "autoint8",
+        "latency",
+        "startup",
+    ]
     assert (config["width"], config["tile"], config["batch"]) == (8, 64, 8)
 
 

@@ -122,14 +122,23 @@ def test_serve_runs_each_line_monitor_as_a_supervised_long_lived_child(
             )
         )
         assert deployments == []
-        runs = _client_call(
-            lambda c: c.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=["line-monitor"]))
+
+        def mine() -> list[Any]:
+            runs = _client_call(
+                lambda c: c.read_flow_runs(
+                    flow_filter=FlowFilter(name=FlowFilterName(any_=["line-monitor"]))
+                )
             )
+            return [r for r in runs if r.parameters.get("line") in ("S1", "S2")]
+
+        # The first rows do not wait for Prefect: the flow runs follow them.
+        wait_for(
+            lambda: {r.parameters["line"] for r in mine()} == {"S1", "S2"},
+            timeout=120,
+            interval=0.5,
+            what="both monitors' flow runs",
         )
-        mine = [r for r in runs if r.parameters.get("line") in ("S1", "S2")]
-        assert {r.parameters["line"] for r in mine} == {"S1", "S2"}
-        assert all(r.deployment_id is None for r in mine)
+        assert all(r.deployment_id is None for r in mine())
         # -- each monitor ran its archive retention at start
         retained = rows(pg_url, "SELECT DISTINCT line FROM events WHERE kind='archive_retention'")
         assert sorted(r[0] for r in retained) == ["S1", "S2"]
