@@ -120,12 +120,30 @@ def line_model(width: int, *, gain: float = 60.0, dark: float = 0.35) -> Any:
     return net
 
 
-def _checkpoint(cfg: BenchConfig, path: Path) -> Path:
+def _checkpoint(cfg: BenchConfig, path: Path, *, gain: float = 60.0) -> Path:
     from defectscan.model.checkpoint import save_checkpoint
 
     spec = bench_spec(cfg).replace(name="bench-line")
-    save_checkpoint(line_model(cfg.width), spec, path)
+    save_checkpoint(line_model(cfg.width, gain=gain), spec, path)
     return path
+
+
+def _background_job(work: Path, model: Path, calib: Path, parity: Path, tile: int) -> Any:
+    """The monitor's background INT8 job (same priority and threads), for another model."""
+    from defectscan.config import get_settings
+
+    env = dict(os.environ)
+    env["DEFECTSCAN_VAR_DIR"] = str(work / "background-var")
+    threads = str(get_settings().background_threads)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = threads
+    return subprocess.Popen(
+        [sys.executable, "-m", "defectscan.model.quantise", "int8", "--checkpoint", str(model),
+         "--status", str(work / "background-status.json"), "--tile", str(tile),
+         "--calibration", str(calib), "--parity", str(parity), "--threads", threads,
+         "--nice", "10"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def _png_variant(data: bytes, tag: str) -> bytes:
@@ -284,6 +302,11 @@ def run_autoint8(cfg: BenchConfig, notes: list[str], log: Log) -> list[dict[str,
             precision="int8",
         )
         fp32 = OpenVINOBackend(ckpt.model, "sigmoid", n_channels=3, tile=cfg.tile, precision="fp32")
+        # Inspection while a background INT8 job runs (another model's, as after a promotion)
+        other = _checkpoint(cfg, work / "other.safetensors", gain=50.0)
+        bg_parity = work / "bg-parity"
+        _drop(bg_parity, parts[:2], "bgp")
+        during: list[float] = []
         runs: dict[str, Any] = {
             f"default-before ({engine_label(before)})": before,
             f"default-after ({engine_label(after)})": after,
@@ -305,6 +328,14 @@ def run_autoint8(cfg: BenchConfig, notes: list[str], log: Log) -> list[dict[str,
                 inspector.backend = backend
                 elapsed = _monitor_pass(monitor, camera, parts, f"r{r}-e{k}")
                 rates[name].append(grid.n_tiles * cfg.images / elapsed)
+            inspector.backend = after
+            job = _background_job(work, other, calib, bg_parity, cfg.tile)
+            try:
+                elapsed = _monitor_pass(monitor, camera, parts, f"r{r}-bg")
+            finally:
+                job.terminate()
+                job.wait(timeout=60)
+            during.append(grid.n_tiles * cfg.images / elapsed)
         inspector.backend = after
         monitor.close()
         naive_med = statistics.median(naive_rates)
@@ -336,6 +367,18 @@ def run_autoint8(cfg: BenchConfig, notes: list[str], log: Log) -> list[dict[str,
                     "vs_openvino_model_only": round(med / ov_med, 3),
                 }
             )
+        after_name = f"default-after ({engine_label(after)})"
+        during_med = statistics.median(during)
+        rows.append(
+            {
+                "name": f"{after_name} during a background INT8 job (file to row)",
+                "tiles_per_s": rate_stats(during),
+                "images_per_s": round(during_med / grid.n_tiles, 3),
+                "vs_seed_naive": round(during_med / naive_med, 3),
+                "vs_openvino_model_only": round(during_med / ov_med, 3),
+                "vs_same_engine_alone": round(during_med / statistics.median(rates[after_name]), 3),
+            }
+        )
         for row in rows:
             row.update(
                 {
@@ -608,7 +651,8 @@ def print_fastline_tables(payload: dict[str, Any]) -> None:
                 f"{head['images_fed']} images fed)"
             )
         )
-        for col in ("row", "tiles/s", "images/s", "x seed loop", "x OpenVINO fp32 alone"):
+        cols = ("row", "tiles/s", "images/s", "x seed loop", "x OpenVINO fp32 alone", "x alone")
+        for col in cols:
             table.add_column(col)
         for r in rows:
             table.add_row(
@@ -617,6 +661,7 @@ def print_fastline_tables(payload: dict[str, Any]) -> None:
                 _fmt(r.get("images_per_s")),
                 _fmt(r["vs_seed_naive"]),
                 _fmt(r["vs_openvino_model_only"]),
+                _fmt(r.get("vs_same_engine_alone")),
             )
         console.print(table)
     if payload.get("latency"):

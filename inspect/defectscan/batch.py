@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from defectscan.archive import ArchiveError, ArchivePolicy, ImageArchive
 from defectscan.batch_records import BatchReport, MissingInput, NotKept, PartRow
+from defectscan.engine_upgrade import CalibrationPool, EngineOptions, calibration_pool_for
 from defectscan.errors import DefectscanError
 from defectscan.inputs import IMAGE_SUFFIXES, InputPathError, expand_inputs
 from defectscan.pipeline import InspectionResult, Inspector
@@ -357,8 +358,12 @@ def run_batch(
     camera: str | None = None,
     title: str | None = None,
     chunk_size: int = 16,
+    calibration: CalibrationPool | None = None,
 ) -> BatchReport:
     """Inspect a lot, store one row per image (idempotent), write the HTML report.
+
+    ``calibration``: the model's INT8 calibration pool, offered each inspected image (a
+    bounded, stratified sample is kept: see :mod:`defectscan.engine_upgrade`).
 
     Images are streamed ``chunk_size`` at a time. Stored images whose bytes are not kept
     (the archive keeps every failed part but only a sample of passes) cannot be re-inspected:
@@ -379,6 +384,12 @@ def run_batch(
 
     def draw(result: InspectionResult) -> tuple[str | None, str | None]:
         seen.append(result.sha256)
+        if calibration is not None and result.status == "ok":
+            stratum = calibration.stratum(result.record.camera, result.verdict)
+            try:
+                calibration.offer(stratum, result.sha256, result.record.read)
+            except Exception as exc:  # a calibration sample is never worth the lot
+                logger.warning("calibration sample of %s not kept: %s", result.record.uri, exc)
         path = _thumbnail(result, thumbs, names)
         if path is not None:
             thumb_of[result.sha256] = path
@@ -513,6 +524,10 @@ def inspect_lot(
             line=line,
             camera=camera,
             title=title,
+            # A model without INT8 here: the lot's images calibrate it for the next monitor.
+            calibration=calibration_pool_for(
+                models.inspector, EngineOptions.for_line(settings, line)
+            ),
         )
     finally:
         engine.dispose()

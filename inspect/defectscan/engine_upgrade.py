@@ -72,7 +72,13 @@ from defectscan.orchestration import spawn_dying_with_parent
 from defectscan.pipeline import InspectionResult, Inspector
 from defectscan.store.schema import Inspection
 
-__all__ = ["ENGINE_STATES", "CalibrationPool", "EngineOptions", "EngineUpgrader"]
+__all__ = [
+    "ENGINE_STATES",
+    "CalibrationPool",
+    "EngineOptions",
+    "EngineUpgrader",
+    "calibration_pool_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +229,32 @@ class CalibrationPool:
         return calib, parity
 
 
+def _pool(sha256: str, tile: int, options: EngineOptions) -> CalibrationPool:
+    return CalibrationPool(
+        engine_cache_dir() / "calibration" / f"{sha256[:16]}-t{tile}",
+        calibration=options.calibration_images,
+        parity=options.parity_images,
+    )
+
+
+def calibration_pool_for(
+    inspector: Inspector, options: EngineOptions | None
+) -> CalibrationPool | None:
+    """The calibration pool of the inspector's model while it still needs one on this CPU.
+
+    None when quantisation is off or pinned away, the model has an INT8 engine here (or
+    failed to get one), or the pool is full. ``batch`` fills it as it inspects, so that the
+    next monitor on the model quantises at once.
+    """
+    ckpt = inspector.checkpoint
+    if options is None or not options.int8 or ckpt is None:
+        return None
+    if int8_ready(ckpt.sha256, inspector.tile) or int8_failure(ckpt.sha256, inspector.tile):
+        return None
+    pool = _pool(ckpt.sha256, inspector.tile, options)
+    return None if pool.ready() else pool
+
+
 class EngineUpgrader:
     """The background engine work of one line's monitor (see the module docstring)."""
 
@@ -357,11 +389,7 @@ class EngineUpgrader:
                     failure.get("reason"),
                 )
             else:
-                self.pool = CalibrationPool(
-                    engine_cache_dir() / "calibration" / f"{sha[:16]}-t{tile}",
-                    calibration=self.options.calibration_images,
-                    parity=self.options.parity_images,
-                )
+                self.pool = _pool(sha, tile, self.options)
                 self._prefill(self.pool)
                 state = "gathering" if not self._fp32_todo else "exporting"
                 self._gathering = True

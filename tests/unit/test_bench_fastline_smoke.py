@@ -63,6 +63,9 @@ def test_fastline_sections_run_and_write_their_rows(tmp_path: Path) -> None:
     for row in payload["autoint8"]:
         assert row["tiles_per_s"]["median"] > 0
         assert row["vs_seed_naive"] > 0
+    during = [r for r in payload["autoint8"] if "during a background INT8 job" in r["name"]]
+    assert len(during) == 1
+    assert during[0]["vs_same_engine_alone"] > 0
     latency = payload["latency"]
     assert [r["name"] for r in latency] == [
         "25% of capacity",

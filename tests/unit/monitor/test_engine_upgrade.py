@@ -341,3 +341,95 @@ def test_a_new_champion_calibrates_from_the_archive(tmp_path: Path, sqlite_url: 
     assert pool.ready()
     assert {s.rsplit("__", 1)[1] for s in pool.counts} == {"pass", "fail"}
     fresh.close()
+
+
+def test_a_promoted_champion_gets_the_same_treatment_in_a_running_monitor(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """A promotion while the monitor runs: the new champion's INT8 work starts at once, its
+    calibration from the archive's images of the line (no wait for new parts)."""
+    from defectscan.store.model_versions import set_model_status
+    from defectscan.training.registry import register_checkpoint
+
+    first = oracle_checkpoint(tmp_path / "first.safetensors")
+    second = oracle_checkpoint(tmp_path / "second.safetensors", gain=50.0)
+    export_fp32(first)  # fp32 cached: only the INT8 work is left for either model
+    export_fp32(second)
+    engine = make_engine(sqlite_url)
+    upgrade_to_head(engine)
+    sessions = session_factory(engine, write=True)
+    with sessions.begin() as session:
+        v1 = register_checkpoint(first, session=session).version
+        set_model_status(v1, "champion", session=session)
+    camera = tmp_path / "camera"
+    write_parts(camera, 12)
+    archive = ImageArchive(tmp_path / "archive", ArchivePolicy(pass_share=1.0))
+    # the first champion's own INT8 work starts; the promotion makes it moot
+    monitor = LineMonitor(
+        FolderSource(camera, line="L1", camera="cam1", stable_polls=1, watch=False),
+        ModelProvider("champion", load=_fast_load, sessions=sessions, line="L1", poll_s=0.0),
+        engine,
+        line="L1",
+        batch_size=4,
+        claim_timeout=0.1,
+        archive=archive,
+        engine_options=EngineOptions(**SMALL),  # type: ignore[arg-type]
+    )
+    upgrader = monitor.engines
+    assert upgrader is not None
+    monitor.run(idle_exit=0.3)
+    assert archive.usage()[0] == 12
+    first_sha = upgrader._sha
+    with sessions.begin() as session:
+        v2 = register_checkpoint(second, session=session).version
+        set_model_status(v2, "champion", session=session)
+    monitor.step()  # between batches: the switch, and the new model's engine work planned
+    assert monitor.models.inspector.model_version == v2
+    assert upgrader._sha != first_sha
+    pool = upgrader.pool
+    assert pool is not None
+    assert pool.root.name.startswith(upgrader._sha[:16])  # type: ignore[index]
+    # from the archive alone (no new part arrived), passes and fails of the line
+    assert {s.rsplit("__", 1)[1] for s in pool.counts} == {"pass", "fail"}
+    assert upgrader.state == "quantising"
+    monitor.close()
+
+
+def test_a_batch_fills_the_calibration_pool_and_the_next_monitor_quantises_at_once(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    from defectscan.batch import BatchSelection, run_batch
+    from defectscan.engine_upgrade import calibration_pool_for
+
+    model = oracle_checkpoint(tmp_path / "oracle.safetensors")
+    export_fp32(model)
+    lot = tmp_path / "lot"
+    write_parts(lot, 12)
+    inspector = _fast_load(str(model))
+    options = EngineOptions(**SMALL)  # type: ignore[arg-type]
+    pool = calibration_pool_for(inspector, options)
+    assert pool is not None
+    engine = make_engine(sqlite_url)
+    upgrade_to_head(engine)
+    run_batch(
+        BatchSelection(paths=(str(lot),)),
+        inspector=inspector,
+        engine=engine,
+        report_dir=tmp_path / "report",
+        line="L1",
+        camera="cam-a",
+        calibration=pool,
+    )
+    engine.dispose()
+    inspector.close()
+    assert pool.ready()
+    assert calibration_pool_for(inspector, options) is None  # full: nothing more to gather
+    assert calibration_pool_for(inspector, EngineOptions(int8=False)) is None
+    # A monitor on that model starts quantising on its first look, before any new part.
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    monitor = _monitor(sqlite_url, camera, model, options)
+    monitor.step()
+    assert monitor.engines is not None
+    assert monitor.engines.state == "quantising"
+    monitor.close()
