@@ -44,8 +44,9 @@ import numpy as np
 
 from defectscan.config import LineConfig
 from defectscan.errors import DefectscanError
+from defectscan.image_stats import image_statistics
 from defectscan.imaging import DecodedImage, decode, sha256_bytes, to_model_input
-from defectscan.model.backends import Backend, BackendName, Precision
+from defectscan.model.backends import Backend, BackendName, FeatureBackend, Precision
 from defectscan.model.checkpoint import Checkpoint, load_checkpoint
 from defectscan.model.engines import make_backend
 from defectscan.model.spec import TTA_MODES, ModelSpec, TestTimeFlips
@@ -105,6 +106,10 @@ class InspectionResult:
     peak_scores: dict[str, float] = field(default_factory=dict)
     #: How far the closest class peak is from its decision threshold (small = a close call).
     decision_margin: float | None = None
+    #: Drift inputs (``Inspector(drift_features=True)``): the pooled bottleneck features of the
+    #: same forward pass, averaged over the frame's tiles, and the thumbnail's statistics.
+    features: np.ndarray | None = field(default=None, repr=False)
+    image_stats: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (the CLI's ``--json`` object, without output paths)."""
@@ -175,6 +180,8 @@ class _Job:
     stitcher: Stitcher | BandStitcher
     started: float
     infer_s: float = 0.0
+    feat_sum: np.ndarray | None = None
+    feat_n: int = 0
     bands: _BandPost | None = None
     post: Future[InspectionResult] | None = None
 
@@ -193,6 +200,19 @@ def infer_with_flips(backend: Backend, tiles: np.ndarray, tta: TestTimeFlips) ->
     probs = backend.infer(tiles)
     if tta == "none":
         return probs
+    total = probs.astype(np.float32, copy=True)
+    axes = (-1,) if tta == "h" else (-1, -2)
+    for axis in axes:
+        view = np.ascontiguousarray(np.flip(tiles, axis))
+        total += np.flip(backend.infer(view), axis)
+    total /= 1 + len(axes)
+    return total
+
+
+def _add_flips(
+    backend: Backend, tiles: np.ndarray, tta: TestTimeFlips, probs: np.ndarray
+) -> np.ndarray:
+    """:func:`infer_with_flips` given the plain view's probabilities already computed."""
     total = probs.astype(np.float32, copy=True)
     axes = (-1,) if tta == "h" else (-1, -2)
     for axis in axes:
@@ -391,8 +411,12 @@ class Inspector:
         decode_workers: int | None = None,
         stream_pixels: int = DEFAULT_STREAM_PIXELS,
         tta: TestTimeFlips | None = None,
+        drift_features: bool = False,
     ) -> None:
         self.backend = backend
+        # Drift monitoring: features from the same pass where the engine has them, and the
+        # thumbnail's statistics on the decode thread.
+        self.drift_features = drift_features
         self.spec = spec
         # Test-time flips: the checkpoint's own setting unless one is given.
         self.tta: TestTimeFlips = spec.tta if tta is None else tta
@@ -520,7 +544,9 @@ class Inspector:
         active: deque[_Job | InspectionResult] = deque()
         jobs: dict[int, _Job] = {}  # batch_tiles' frame index -> frame still receiving tiles
         frame_index = itertools.count()
-        inflight: deque[tuple[TileBatch, Future[tuple[np.ndarray, float]]]] = deque()
+        inflight: deque[tuple[TileBatch, Future[tuple[np.ndarray, float, np.ndarray | None]]]] = (
+            deque()
+        )
         infer = self._inference_pool()
 
         def frames() -> Iterator[tuple[np.ndarray | TileReader, TileGrid]]:
@@ -537,11 +563,13 @@ class Inspector:
                     # One batch computing and one queued behind it keep the engine busy.
                     while len(inflight) > 1:
                         done, fut = inflight.popleft()
-                        self._stitch(done, *fut.result(), jobs, post)
+                        probs, seconds, feats = fut.result()
+                        self._stitch(done, probs, seconds, jobs, post, feats)
                     yield from self._drain(active, block=len(active) > 2 * self.prefetch + 4)
                 while inflight:
                     done, fut = inflight.popleft()
-                    self._stitch(done, *fut.result(), jobs, post)
+                    probs, seconds, feats = fut.result()
+                    self._stitch(done, probs, seconds, jobs, post, feats)
                 yield from self._drain(active, block=True)
             finally:
                 for _, fut in inflight:
@@ -564,10 +592,17 @@ class Inspector:
             )
         return self._infer_pool
 
-    def _infer(self, batch: TileBatch) -> tuple[np.ndarray, float]:
+    def _infer(self, batch: TileBatch) -> tuple[np.ndarray, float, np.ndarray | None]:
         t0 = time.perf_counter()
-        probs = infer_with_flips(self.backend, batch.tiles, self.tta)
-        return probs, time.perf_counter() - t0
+        feats: np.ndarray | None = None
+        if self.drift_features and isinstance(self.backend, FeatureBackend):
+            # One pass gives both; test-time flips (if any) add their views to the first.
+            probs, feats = self.backend.infer_features(batch.tiles)
+            if self.tta != "none":
+                probs = _add_flips(self.backend, batch.tiles, self.tta, probs)
+        else:
+            probs = infer_with_flips(self.backend, batch.tiles, self.tta)
+        return probs, time.perf_counter() - t0, feats
 
     def _prepared(
         self, records: Iterable[ImageRecord], keep_images: bool
@@ -658,6 +693,7 @@ class Inspector:
             received_at=received,
             image=image if keep_image else None,
             timings_ms={"decode": (time.perf_counter() - started) * 1e3},
+            image_stats=image_statistics(image.pixels) if self.drift_features else None,
         )
         if tensor is None:
             bands = _BandPost(grid, n_out, self.postprocess_config(record.line))
@@ -673,6 +709,7 @@ class Inspector:
         seconds: float,
         jobs: dict[int, _Job],
         post: ThreadPoolExecutor,
+        feats: np.ndarray | None = None,
     ) -> None:
         """Blend a batch's outputs into their frames; post-process frames that are complete."""
         share = seconds / len(batch.keys)
@@ -682,10 +719,14 @@ class Inspector:
                 f"({len(batch.keys)}, {self.spec.n_classes}, {self.tile}, {self.tile})"
             )
             raise DefectscanError(msg)
-        for (frame, index), p in zip(batch.keys, probs, strict=True):
+        for i, ((frame, index), p) in enumerate(zip(batch.keys, probs, strict=True)):
             job = jobs[frame]
             job.stitcher.add(index, p)
             job.infer_s += share
+            if feats is not None:  # a frame's features: the mean over its tiles
+                f = feats[i].astype(np.float64)
+                job.feat_sum = f.copy() if job.feat_sum is None else job.feat_sum + f
+                job.feat_n += 1
             if job.stitcher.done:
                 del jobs[frame]  # a long-running monitor must not keep finished frames
                 job.post = post.submit(self._finish, job)
@@ -704,6 +745,8 @@ class Inspector:
             post = postprocess(probs, cfg)
             peaks_from = probs
         result.tiles = job.grid.n_tiles
+        if job.feat_sum is not None and job.feat_n:
+            result.features = (job.feat_sum / job.feat_n).astype(np.float32)
         result.peak_scores, result.decision_margin = _peaks(peaks_from, cfg)
         result.class_map = post.class_map
         result.defects = post.defects

@@ -40,6 +40,7 @@ __all__ = [
     "COMPILE_PARITY_ATOL",
     "Backend",
     "BackendName",
+    "FeatureBackend",
     "OnnxRuntimeBackend",
     "OpenVINOBackend",
     "Precision",
@@ -81,20 +82,44 @@ class Backend(Protocol):
         ...
 
 
-class WithActivation(nn.Module):
-    """The network followed by its activation: what every engine runs and exports."""
+@runtime_checkable
+class FeatureBackend(Protocol):
+    """An engine that also returns each tile's pooled bottleneck features (drift monitoring)."""
 
-    def __init__(self, model: nn.Module, activation: Activation) -> None:
+    def infer_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and features ``[N, F]`` from one pass; None: this engine has none."""
+        ...
+
+
+class WithActivation(nn.Module):
+    """The network followed by its activation: what every engine runs and exports.
+
+    With ``features``, the forward also returns the global-average pooled bottleneck
+    ``[N, 8 * base_width]`` of the same pass (a second output of every exported engine), which
+    drift monitoring tracks per camera.
+    """
+
+    def __init__(self, model: nn.Module, activation: Activation, *, features: bool = False) -> None:
         super().__init__()
         self.model = model
         self.activation = activation
+        self.features = features
+        if features and not hasattr(model, "forward_features"):
+            msg = f"{type(model).__name__} has no forward_features: no drift features from it"
+            raise ConfigError(msg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
         # fp32 activation: thresholds compare probabilities, which bf16 would round to 2^-8
-        logits = self.model(x).float()
+        logits = logits.float()
         if self.activation == "sigmoid":
             return torch.sigmoid(logits)
         return torch.softmax(logits, dim=1)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        if not self.features:
+            return self._probs(self.model(x))
+        logits, bottleneck = self.model.forward_features(x)  # type: ignore[operator]
+        return self._probs(logits), bottleneck.float().mean(dim=(2, 3))
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -232,6 +257,7 @@ class TorchBackend:
         self.device = str(self._device)
         self.dtype = autocast_dtype(precision, self._device)
         net = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
+        self._activation: Activation = activation
         self.module = WithActivation(net, activation).eval().to(self._device)
         self.channels_last = channels_last
         if channels_last:
@@ -248,9 +274,14 @@ class TorchBackend:
             self._runner = torch.compile(self.module, mode=mode, dynamic=False)
             self.compiled = True
         self._cuda_graphs = cuda_graphs and self._device.type == "cuda"
-        self._graphs: dict[tuple[int, ...], tuple[Any, torch.Tensor, torch.Tensor]] = {}
+        self._graphs: dict[tuple[int, ...], tuple[Any, torch.Tensor, Any]] = {}
         self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
         self._checked = not self.compiled  # parity of the compiled model against eager
+        # The forward that also returns pooled features (drift): built on first use, on the
+        # same (shared) network, compiled and graph-replayed like the plain one.
+        self._feat_module: WithActivation | None = None
+        self._feat_runner: Any = None
+        self._feat_checked = True
 
     def _forward(self, runner: Any, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -279,9 +310,10 @@ class TorchBackend:
             )
             self._runner, self.compiled, self._cuda_graphs = self.module, False, False
 
-    def _graph(self, x: torch.Tensor) -> torch.Tensor:
+    def _graph(self, x: torch.Tensor, runner: Any = None, tag: int = 0) -> Any:
         """Replay a CUDA graph captured for this input shape (captured on first sight)."""
-        key = tuple(x.shape)
+        runner = self._runner if runner is None else runner
+        key = (*tuple(x.shape), tag) if tag else tuple(x.shape)
         entry = self._graphs.get(key)
         if entry is None:
             static_x = torch.empty_like(x)
@@ -290,11 +322,11 @@ class TorchBackend:
             stream.wait_stream(torch.cuda.current_stream(self._device))
             with torch.cuda.stream(stream):
                 for _ in range(2):  # warm-up outside the capture (autotuning, allocator)
-                    self._forward(self._runner, static_x)
+                    self._forward(runner, static_x)
             torch.cuda.current_stream(self._device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                static_y = self._forward(self._runner, static_x)
+                static_y = self._forward(runner, static_x)
             entry = (graph, static_x, static_y)
             self._graphs[key] = entry
         graph, static_x, static_y = entry
@@ -325,6 +357,48 @@ class TorchBackend:
         # .cpu() synchronises: the pinned input buffer is free again when this returns.
         return y.float().contiguous().cpu().numpy()
 
+    def _feature_forward(self) -> Any:
+        """The features forward's runner (built, and compiled where the plain one is, once)."""
+        if self._feat_module is None:
+            module = WithActivation(self.module.model, self._activation, features=True).eval()
+            self._feat_module = module
+            self._feat_runner = module
+            if self.compiled:
+                mode = "max-autotune-no-cudagraphs" if self._device.type == "cuda" else "default"
+                self._feat_runner = torch.compile(module, mode=mode, dynamic=False)
+                self._feat_checked = False
+        return self._feat_runner
+
+    def _check_feature_forward(self, x: torch.Tensor) -> None:
+        """First batch: the compiled features forward must match eager, else eager it is."""
+        self._feat_checked = True
+        assert self._feat_module is not None
+        eager = self._forward(self._feat_module, x)
+        try:
+            compiled = self._forward(self._feat_runner, x)
+            diff = float((eager[0].float() - compiled[0].float()).abs().max())
+        except Exception as exc:  # inductor/triton failures are many and not ours to type
+            log.warning("torch.compile of the features forward failed (%s); eager", exc)
+            self._feat_runner = self._feat_module
+            return
+        if not diff <= COMPILE_PARITY_ATOL:
+            log.warning("compiled features forward differs by %.3g: using eager", diff)
+            self._feat_runner = self._feat_module
+
+    def infer_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and each tile's pooled bottleneck features, from one forward pass."""
+        x = self._to_device(batch)
+        runner = self._feature_forward()
+        if not self._feat_checked:
+            self._check_feature_forward(x)
+            runner = self._feat_runner
+        if self._cuda_graphs:
+            probs, feats = self._graph(x, runner, tag=1)
+        else:
+            probs, feats = self._forward(runner, x)
+        feats_np = feats.float().cpu().numpy()
+        return probs.float().contiguous().cpu().numpy(), feats_np
+
 
 class OpenVINOBackend:
     """The network converted to OpenVINO (CPU: bf16 inference by default where supported)."""
@@ -340,13 +414,14 @@ class OpenVINOBackend:
         tile: int,
         device: str = "CPU",
         precision: Precision = "auto",
+        features: bool = False,
     ) -> None:
         try:
             import openvino as ov
         except ImportError as exc:
             msg = "OpenVINO is not installed: pip install 'defectscan[engines]'"
             raise ConfigError(msg) from exc
-        module = WithActivation(fold_batchnorm(model), activation).eval()
+        module = WithActivation(fold_batchnorm(model), activation, features=features).eval()
         example = torch.zeros(1, n_channels, tile, tile)
         with torch.inference_mode(), warnings.catch_warnings():
             # Tracing turns the UNet's int() shape reads into constants: right for fixed tiles.
@@ -371,6 +446,8 @@ class OpenVINOBackend:
         # batch is split over one request per stream, run at once.
         n = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._requests = [self._compiled.create_infer_request() for _ in range(max(1, n))]
+        # A second output is the pooled features (exported with ``features``).
+        self.has_features = len(self._compiled.outputs) > 1
         self.device = device.lower()
         self.precision: str = precision
 
@@ -414,6 +491,22 @@ class OpenVINOBackend:
         out = np.concatenate([r.get_output_tensor(0).data for r in requests])
         return out.astype(np.float32, copy=False)
 
+    def infer_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and pooled features (None when the model was exported without)."""
+        if not self.has_features:
+            return self.infer(batch), None
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        n = max(1, min(len(self._requests), len(x)))
+        bounds = np.linspace(0, len(x), n + 1).astype(int)
+        requests = self._requests[:n]
+        for request, a, b in zip(requests, bounds[:-1], bounds[1:], strict=True):
+            request.start_async({0: x[a:b]})
+        for request in requests:
+            request.wait()
+        probs = np.concatenate([r.get_output_tensor(0).data for r in requests])
+        feats = np.concatenate([r.get_output_tensor(1).data for r in requests])
+        return probs.astype(np.float32, copy=False), feats.astype(np.float32, copy=False)
+
 
 class OnnxRuntimeBackend:
     """The network exported to ONNX and run by ONNX Runtime (CPU, or CUDA if its build has it)."""
@@ -428,16 +521,17 @@ class OnnxRuntimeBackend:
         n_channels: int,
         tile: int,
         onnx_path: str | Path | None = None,
+        features: bool = False,
     ) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
             msg = "ONNX Runtime is not installed: pip install 'defectscan[engines]'"
             raise ConfigError(msg) from exc
-        module = WithActivation(fold_batchnorm(model), activation).eval()
+        module = WithActivation(fold_batchnorm(model), activation, features=features).eval()
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(onnx_path) if onnx_path else Path(tmp) / "model.onnx"
-            export_onnx(module, path, n_channels=n_channels, tile=tile)
+            export_onnx(module, path, n_channels=n_channels, tile=tile, features=features)
             providers = [
                 p
                 for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -447,6 +541,7 @@ class OnnxRuntimeBackend:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             self._session = ort.InferenceSession(str(path), opts, providers=providers)
         self._input = self._session.get_inputs()[0].name
+        self.has_features = len(self._session.get_outputs()) > 1
         self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
         self.precision = "fp32"
 
@@ -472,6 +567,7 @@ class OnnxRuntimeBackend:
         self = cls.__new__(cls)
         self._session = ort.InferenceSession(str(path), opts, providers=providers)
         self._input = self._session.get_inputs()[0].name
+        self.has_features = len(self._session.get_outputs()) > 1
         self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
         self.precision = "fp32"
         return self
@@ -479,11 +575,26 @@ class OnnxRuntimeBackend:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a batch of tiles."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.has_features:  # only the probabilities: the features output is not computed
+            return np.asarray(self._session.run(["probs"], {self._input: x})[0], np.float32)
         return np.asarray(self._session.run(None, {self._input: x})[0], dtype=np.float32)
 
+    def infer_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and pooled features (None when the model was exported without)."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        out = self._session.run(None, {self._input: x})
+        feats = np.asarray(out[1], np.float32) if len(out) > 1 else None
+        return np.asarray(out[0], np.float32), feats
 
-def export_onnx(module: nn.Module, path: Path, *, n_channels: int, tile: int) -> None:
-    """Export ``module`` (already wrapped with its activation) with a dynamic batch axis."""
+
+def export_onnx(
+    module: nn.Module, path: Path, *, n_channels: int, tile: int, features: bool = False
+) -> None:
+    """Export ``module`` (already wrapped with its activation) with a dynamic batch axis.
+
+    With ``features`` (the module built with ``features=True``) the file has a second output,
+    ``features``: the pooled bottleneck ``[N, F]`` of the same pass.
+    """
     example = torch.zeros(1, n_channels, tile, tile)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -493,17 +604,18 @@ def export_onnx(module: nn.Module, path: Path, *, n_channels: int, tile: int) ->
             "ignore", "You are using the legacy TorchScript", DeprecationWarning
         )
         warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
-        _export(module, example, path)
+        _export(module, example, path, features=features)
 
 
-def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export(module: nn.Module, example: torch.Tensor, path: Path, *, features: bool) -> None:
+    names = ["probs", "features"] if features else ["probs"]
     torch.onnx.export(
         module,
         (example,),
         str(path),
         input_names=["tiles"],
-        output_names=["probs"],
-        dynamic_axes={"tiles": {0: "batch"}, "probs": {0: "batch"}},
+        output_names=names,
+        dynamic_axes={"tiles": {0: "batch"}, **{n: {0: "batch"} for n in names}},
         opset_version=17,
         dynamo=False,
     )

@@ -353,6 +353,7 @@ def export_model(
     parity_tiles: np.ndarray | None = None,
     calibration_limit: int = 300,
     parity_mean_abs: float | None = None,
+    features: bool = False,
 ) -> ExportedEngine:
     """Export ``model`` (BatchNorm folded, activation included) and check it against torch.
 
@@ -361,7 +362,8 @@ def export_model(
     INT8 (OpenVINO only) needs ``calibration``: a folder of real camera images. Parity runs on
     ``parity_tiles`` (default: calibration tiles not used to quantise, else synthetic parts);
     ``parity_mean_abs`` overrides the mean probability difference allowed (see
-    :func:`check_parity`).
+    :func:`check_parity`). ``features`` adds a second output, the pooled bottleneck features
+    of the same pass (drift monitoring); the probabilities stay the first output.
     """
     tile = tile or spec.tile_size
     if int8 and fmt != "openvino":
@@ -378,7 +380,7 @@ def export_model(
     tmp = directory.with_name(directory.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    module = WithActivation(fold_batchnorm(model), spec.activation).eval()
+    module = WithActivation(fold_batchnorm(model), spec.activation, features=features).eval()
     calib: np.ndarray | None = None
     if calibration is not None:
         calib = calibration_tiles(calibration, spec, tile=tile, limit=calibration_limit)
@@ -390,7 +392,7 @@ def export_model(
             parity_tiles = synthetic_tiles(spec, tile, n=8)
     if fmt == "onnx":
         model_file = tmp / "model.onnx"
-        export_onnx(module, model_file, n_channels=spec.n_channels, tile=tile)
+        export_onnx(module, model_file, n_channels=spec.n_channels, tile=tile, features=features)
         backend: Backend = OnnxRuntimeBackend.from_file(model_file)
     elif fmt == "openvino":
         import openvino as ov
@@ -423,6 +425,7 @@ def export_model(
         "parity": parity.to_dict(),
         "calibration": str(calibration) if calibration else None,
         "calibration_tiles": None if calib is None else len(calib),
+        "features": features,
         "created_at": datetime.now(UTC).isoformat(),
         "torch": torch.__version__,
         "cpu": cpu_model(),

@@ -137,9 +137,9 @@ def test_fresh_null_windows_exceed_about_one_percent_and_a_shift_alarms(
     states = [cam.evaluate(_line(rng, 600, t0=2e6 + 600 * i, shift=0.4)).state for i in range(3)]
     assert states == ["ok", "ok", "warning"]
     cam = CameraDrift(reference)
-    res = [cam.evaluate(_line(rng, 600, t0=3e6 + 600 * i, gain=1.3)) for i in range(3)]
-    assert res[-1].state in ("warning", "critical")
-    assert any(h.startswith("lighting: brightness up") for h in res[-1].hints)
+    results = [cam.evaluate(_line(rng, 600, t0=3e6 + 600 * i, gain=1.3)) for i in range(3)]
+    assert results[-1].state in ("warning", "critical")
+    assert any(h.startswith("lighting: brightness up") for h in results[-1].hints)
 
 
 def test_too_few_images_is_refused() -> None:
