@@ -32,7 +32,9 @@ recorded, and the running engine stays.
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import importlib.util
 import json
 import logging
 import math
@@ -114,8 +116,12 @@ class EngineOptions:
         engine = settings.engine_for(line)
         if engine.backend != "auto" or resolve_device(engine.device).type != "cpu":
             return None
+        int8 = engine.auto_int8 if auto_int8 is None else auto_int8
+        if int8 and not all(importlib.util.find_spec(m) for m in ("openvino", "nncf")):
+            logger.info("automatic INT8 is off here: it needs openvino and nncf installed")
+            int8 = False
         return cls(
-            int8=engine.auto_int8 if auto_int8 is None else auto_int8,
+            int8=int8,
             calibration_images=settings.int8_calibration_images,
             parity_images=settings.int8_parity_images,
             parity_mean_abs=settings.int8_parity_mean_abs,
@@ -286,6 +292,8 @@ class EngineUpgrader:
         self._fp32_todo = False
         self._gathering = False
         self._check_int8_cached = False
+        self._check_fp32_cached = False
+        self._lock_fd: int | None = None
         self._rates: dict[str, float] = {}
         #: Engine swaps done, newest last: (from, to, seconds after the model was attached).
         self.switches: list[tuple[str, str, float]] = []
@@ -296,7 +304,9 @@ class EngineUpgrader:
         """True once nothing is left to do for the running model (no job running or due)."""
         if self._sha is None or self._proc is not None:
             return False
-        if self._fp32_todo or self._check_int8_cached or self._gathering:
+        if self._fp32_todo or self._check_int8_cached or self._check_fp32_cached:
+            return False
+        if self._gathering:
             return False
         return self.state in ("int8", "kept", "failed", "off")
 
@@ -333,16 +343,22 @@ class EngineUpgrader:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        self._release_lock()
 
     # ------------------------------------------------------------------ the steps
 
     def _between_batches(self, inspector: Inspector, flow_run_id: str | None) -> bool:
         ckpt = inspector.checkpoint
-        if ckpt is None:
-            return False
+        if ckpt is None or ckpt.path is None:
+            return False  # built in memory: no file for the background process to load
         if (ckpt.sha256, inspector.tile) != (self._sha, self._tile):
             self._attach(inspector, flow_run_id)
         swapped = False
+        if self._check_fp32_cached:
+            self._check_fp32_cached = False
+            swapped = self._evaluate(inspector, ["openvino", "onnxruntime"], flow_run_id)
+            if self.state == "exporting":
+                self._set_state("gathering" if self.pool is not None else "off")
         if self._check_int8_cached:
             self._check_int8_cached = False
             swapped = self._evaluate(inspector, ["openvino-int8"], flow_run_id, int8=True)
@@ -371,6 +387,8 @@ class EngineUpgrader:
         self._tiles = None
         self.pool = None
         self._gathering = False
+        self._check_int8_cached = False
+        self._check_fp32_cached = False
         running = engine_label(inspector.backend)
         self._fp32_todo = running == "torch" and bool(fp32_missing(sha, tile))
         state = "exporting" if self._fp32_todo else "off"
@@ -429,20 +447,67 @@ class EngineUpgrader:
             logger.info("calibration: %d image(s) of the line taken from the archive", kept)
 
     def _next_job(self, inspector: Inspector) -> None:
+        """Start the next background job, unless another monitor runs it for this model.
+
+        Monitors of several lines may share a model and the engine cache: a job holds the
+        model's lock (``flock``, released when the monitor dies), and a monitor that finds it
+        taken waits and then uses what the other one wrote.
+        """
         assert inspector.checkpoint is not None
+        assert self._sha is not None
+        assert self._tile is not None
+        sha, tile = self._sha, self._tile
         if self._fp32_todo:
-            self._fp32_todo = False
-            self._start("fp32", inspector)
+            if not fp32_missing(sha, tile):  # exported by another monitor meanwhile
+                self._fp32_todo = False
+                self._check_fp32_cached = True
+            elif self._take_lock("fp32"):
+                self._fp32_todo = False
+                self._start("fp32", inspector)
             return
         pool = self.pool
-        if pool is not None and self.state in ("gathering", "exporting"):
-            if self.state == "exporting":
-                self._set_state("gathering")
-            if pool.ready():
-                self._gathering = False
-                calib, parity = pool.split()
-                self._start("int8", inspector, calib, parity)
+        if pool is None or not self._gathering:
+            return
+        if self.state == "exporting":
+            self._set_state("gathering")
+        if not pool.ready():
+            return
+        if int8_ready(sha, tile):  # quantised by another monitor
+            self._gathering = False
+            self._check_int8_cached = True
+            return
+        if int8_failure(sha, tile) is not None:  # failed for another monitor
+            self._gathering = False
+            self._set_state("failed")
+            return
+        if not self._take_lock("int8"):
+            if self.state != "quantising":
+                logger.info("another monitor is quantising %s: waiting for its engine", sha[:12])
                 self._set_state("quantising")
+            return
+        self._gathering = False
+        calib, parity = pool.split()
+        self._start("int8", inspector, calib, parity)
+        self._set_state("quantising")
+
+    def _take_lock(self, kind: str) -> bool:
+        """Hold this model's lock for a ``kind`` job; False while another process holds it."""
+        assert self._sha is not None
+        path = engine_cache_dir() / f"{self._sha[:16]}-t{self._tile}.{kind}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
 
     def _start(
         self,
@@ -498,6 +563,7 @@ class EngineUpgrader:
         assert self._job is not None
         kind, status = self._job
         self._proc, self._job = None, None
+        self._release_lock()
         try:
             result = json.loads(status.read_text())
         except (OSError, ValueError):

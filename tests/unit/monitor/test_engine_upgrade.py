@@ -433,3 +433,31 @@ def test_a_batch_fills_the_calibration_pool_and_the_next_monitor_quantises_at_on
     assert monitor.engines is not None
     assert monitor.engines.state == "quantising"
     monitor.close()
+
+
+def test_two_monitors_on_one_model_quantise_it_once(tmp_path: Path, sqlite_url: str) -> None:
+    """Two lines with the same model on one host share the engine cache: one job runs, the
+    other monitor waits for its engine and then switches too."""
+    model = oracle_checkpoint(tmp_path / "oracle.safetensors")
+    export_fp32(model)
+    options = EngineOptions(**SMALL, min_speedup=0.0)  # type: ignore[arg-type]
+    cam_a, cam_b = tmp_path / "cam-a", tmp_path / "cam-b"
+    write_parts(cam_a, 12)
+    write_parts(cam_b, 12, start=50)
+    a = _monitor(sqlite_url, cam_a, model, options)
+    b = _monitor(sqlite_url, cam_b, model, options)
+    ua, ub = a.engines, b.engines
+    assert ua is not None
+    assert ub is not None
+    _run_until(a, lambda: ua.state == "quantising")
+    assert ua._proc is not None
+    b.run(idle_exit=0.3)  # its pool is full too, but the model's lock is taken
+    assert ub.state == "quantising"
+    assert ub._proc is None  # no second job
+    _run_until(a, lambda: ua.state == "int8")
+    _run_until(b, lambda: ub.state == "int8", timeout=60)
+    assert ub._proc is None  # it took the engine the other monitor made
+    assert engine_label(b.models.inspector.backend) == "openvino-int8"
+    assert len(_events(a, "int8_ready")) == 1  # one quantisation in all (one database here)
+    a.close()
+    b.close()
