@@ -180,13 +180,11 @@ def auto_cpu_backend(
     choice_file = _choice_file(checkpoint_sha256, precision, tile)
     remembered = _remembered_choice(choice_file)
     order = list(candidates)
-    if remembered in order:
-        order = [remembered]
     tiles = synthetic_tiles(spec, tile, n=4)
     reference = reference_probs(model, activation, tiles)
-    passing: dict[str, Backend] = {}
-    for name in order:
-        backend = _candidate(
+
+    def candidate(name: str) -> Backend | None:
+        return _candidate(
             name,
             model,
             activation,
@@ -199,6 +197,18 @@ def auto_cpu_backend(
             reference,
             cached_only=cached_only,
         )
+
+    if remembered in order:
+        chosen = candidate(remembered)
+        if chosen is not None:
+            log.info("engine: %s (remembered as the fastest here)", remembered)
+            return chosen
+        # Its engine is gone from the cache (or fails now): choose again among the others.
+        log.info("engine %s remembered but unavailable: choosing again", remembered)
+        order = [name for name in order if name != remembered]
+    passing: dict[str, Backend] = {}
+    for name in order:
+        backend = candidate(name)
         if backend is not None:
             passing[name] = backend
     if not passing:

@@ -461,3 +461,21 @@ def test_two_monitors_on_one_model_quantise_it_once(tmp_path: Path, sqlite_url: 
     assert len(_events(a, "int8_ready")) == 1  # one quantisation in all (one database here)
     a.close()
     b.close()
+
+
+def test_a_remembered_engine_gone_from_the_cache_is_chosen_again(tmp_path: Path) -> None:
+    from defectscan.model.checkpoint import load_checkpoint
+    from defectscan.model.engines import auto_cpu_backend, remember_choice, remembered_choice
+
+    model = oracle_checkpoint(tmp_path / "oracle.safetensors")
+    export_fp32(model)
+    ckpt = load_checkpoint(model)
+    # INT8 was the choice, and its engine has since been deleted from the cache
+    remember_choice(ckpt.sha256, "auto", 64, "openvino-int8", {"openvino-int8": 100.0})
+    backend = auto_cpu_backend(
+        ckpt.model, "sigmoid", n_channels=1, tile=64, checkpoint_sha256=ckpt.sha256, spec=ckpt.spec
+    )
+    choice = json.loads((engine_cache_dir() / f"{ckpt.sha256[:16]}-auto-auto-t64.json").read_text())
+    assert choice["engine"] != "openvino-int8"  # timed again among what there is
+    assert {"openvino", "onnxruntime", "torch"} <= set(choice["tiles_per_s"])
+    assert engine_label(backend) == choice["engine"] == remembered_choice(ckpt.sha256, "auto", 64)
