@@ -195,7 +195,15 @@ def lines_overview(
     for line, camera, class_name, n in session.execute(
         select(Inspection.line, Inspection.camera, Defect.class_name, func.count(Defect.id))
         .join(Defect, Defect.inspection_id == Inspection.id)
-        .where(Inspection.finished_at >= hour_ago, Inspection.line.is_not(None))
+        .where(
+            # the hour's inspections by their time index first, then their defects by theirs
+            # (SQLite would otherwise walk every defect of the database)
+            Defect.inspection_id.in_(
+                select(Inspection.id).where(Inspection.finished_at >= hour_ago)
+            ),
+            Inspection.finished_at >= hour_ago,
+            Inspection.line.is_not(None),
+        )
         .group_by(Inspection.line, Inspection.camera, Defect.class_name)
     ):
         cs = keys.get((str(line), camera))
@@ -204,7 +212,7 @@ def lines_overview(
     latest_metrics = dict(
         session.execute(
             select(RunMetric.line, func.max(RunMetric.latency_p95_ms))
-            .where(RunMetric.window_end >= now - timedelta(minutes=10))
+            .where(RunMetric.window_start >= now - timedelta(minutes=11))
             .group_by(RunMetric.line)
         ).all()
     )
@@ -403,13 +411,22 @@ def gallery_page(
 
 def gallery_choices(*, session: Session) -> dict[str, list[str]]:
     """Values the gallery's drop-downs offer: lines, cameras, classes, model versions."""
-    since = utcnow() - timedelta(days=7)
-    lines = session.scalars(
-        select(Inspection.line).where(Inspection.finished_at >= since).distinct()
+    # Lines and cameras of the newest inspections (an index range; a distinct over the week
+    # would read every row of it), plus every line that has monitor windows or a rule.
+    newest = session.execute(
+        select(Inspection.line, Inspection.camera)
+        .order_by(Inspection.finished_at.desc())
+        .limit(RECENT_KEYS)
     ).all()
-    cameras = session.scalars(
-        select(Inspection.camera).where(Inspection.finished_at >= since).distinct()
-    ).all()
+    lines = {line for line, _ in newest}
+    lines.update(
+        session.scalars(
+            select(RunMetric.line)
+            .where(RunMetric.window_start >= utcnow() - timedelta(days=1))
+            .distinct()
+        )
+    )
+    cameras = {camera for _, camera in newest}
     versions = session.scalars(select(ModelVersion.version).order_by(ModelVersion.id.desc())).all()
     classes: set[str] = set()
     for names in session.scalars(select(ModelVersion.class_names)):
