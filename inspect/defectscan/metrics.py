@@ -27,6 +27,9 @@ Metric names (all prefixed ``defectscan_``), the Grafana dashboard in
   error kind, ``database``, ``volume`` or ``out_of_memory``)
 - ``line_paused{line}``: 1 while the line waits out a plant fault, else 0
 - ``dead_letter_dropped{line}``: entries pushed off the capped dead-letter stream
+- ``drift_state{line,camera}``: the camera's drift state after its last window (0 ok,
+  1 warning, 2 critical); ``drift_statistic{line,camera,statistic}``: that window's mean
+  shift, novelty rate and largest ratio of a statistic to its threshold (``max_ratio``)
 
 Line and camera labels come only from the plant file's lines and cameras (the monitor maps
 anything else to its own line and to ``other``): a producer's typo never creates new series.
@@ -217,6 +220,18 @@ class MonitorMetrics:
             ["line"],
             registry=r,
         )
+        self.drift_state = Gauge(
+            "defectscan_drift_state",
+            "A camera's drift state after its last window: 0 ok, 1 warning, 2 critical.",
+            ["line", "camera"],
+            registry=r,
+        )
+        self.drift_statistic = Gauge(
+            "defectscan_drift_statistic",
+            "A camera's last drift window: mean_shift, novelty, max_ratio (to its threshold).",
+            ["line", "camera", "statistic"],
+            registry=r,
+        )
         self._server: Any = None
         self._thread: threading.Thread | None = None
         #: Why ``/metrics`` could not be served (None while serving or never asked to).
@@ -307,6 +322,15 @@ class MonitorMetrics:
         self.line_behind.labels(line=line or "").set(1 if behind else 0)
 
     # ----------------------------------------------------------------------- HTTP endpoint
+
+    def set_drift(
+        self, *, line: str | None, camera: str | None, state: str, values: Mapping[str, float]
+    ) -> None:
+        """A camera's drift window closed: its state and headline statistics."""
+        labels = {"line": line or "", "camera": camera or ""}
+        self.drift_state.labels(**labels).set({"ok": 0, "warning": 1, "critical": 2}[state])
+        for name, value in values.items():
+            self.drift_statistic.labels(**labels, statistic=name).set(value)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> tuple[Any, threading.Thread] | None:
         """Serve ``/metrics`` on ``addr:port`` (0 picks a free port) in a daemon thread.

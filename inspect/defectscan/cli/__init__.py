@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 
 from defectscan import __version__
-from defectscan.cli import db, demo, export, flows, models, monitor, ops, training, users
+from defectscan.cli import db, demo, drift, export, flows, models, monitor, ops, training, users
 from defectscan.cli import inspect as inspect_commands
 from defectscan.cli.common import CliUsageError, err_console
 from defectscan.errors import DefectscanError
@@ -74,6 +74,7 @@ flows.register(app)
 training.register(app)
 models.register(app)
 users.register(app)
+drift.register(app)
 
 
 def main() -> None:

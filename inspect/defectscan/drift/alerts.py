@@ -81,7 +81,7 @@ def hints(values: dict[str, float], over: dict[str, float]) -> list[str]:
             f"{s.split(':')[1]} {'up' if values[s] > 0 else 'down'}" for s in lighting
         )
         out.append(f"lighting: {moved}")
-    stats_over = [s for s in over if s.startswith("stat:")]
+    stats_over = [s for s in over if s.startswith("stat")]
     if ("novelty" in over or "mean_shift" in over) and not stats_over:
         out.append("new variant: features moved, image statistics steady")
     if not out:
@@ -188,6 +188,10 @@ class WindowCollector:
             ):
                 closed.append(self._close())
         return closed
+
+    def flush(self) -> ImageRows | None:
+        """Close the open window now, whatever its size (the end of a replay); None if empty."""
+        return self._close() if self._n else None
 
     def _close(self) -> ImageRows:
         window = ImageRows.concat(self._parts)

@@ -55,6 +55,7 @@ BOOTSTRAP_WINDOWS = 2000
 EFFECT_FLOORS: dict[str, float] = {
     "mean_shift": 0.10,  # norm of the mean whitened feature vector (in reference SDs)
     "novelty": 0.02,  # share of novel images (the reference's own share is 0.01)
+    "stat_novelty": 0.02,  # share of images whose statistics are novel (likewise)
     "stat": 0.25,  # median shift of an image statistic, in reference MADs
     "output": 0.01,  # EWMA of an output rate's difference from the reference's rate
 }
@@ -106,6 +107,7 @@ class DriftReference:
     whitening: np.ndarray  # [k, k]
     shrinkage: float
     novelty_cut: float  # Mahalanobis distance: the calibration half's 99th percentile
+    stat_novelty_cut: float  # largest |image statistic| in MADs: the same percentile
     stat_names: tuple[str, ...]
     stat_median: np.ndarray
     stat_mad: np.ndarray
@@ -144,6 +146,7 @@ class DriftReference:
             "whitening": self.whitening.tolist(),
             "shrinkage": self.shrinkage,
             "novelty_cut": self.novelty_cut,
+            "stat_novelty_cut": self.stat_novelty_cut,
             "stat_names": list(self.stat_names),
             "stat_median": self.stat_median.tolist(),
             "stat_mad": self.stat_mad.tolist(),
@@ -167,6 +170,7 @@ class DriftReference:
             whitening=np.asarray(d["whitening"], np.float64),
             shrinkage=float(d["shrinkage"]),
             novelty_cut=float(d["novelty_cut"]),
+            stat_novelty_cut=float(d["stat_novelty_cut"]),
             stat_names=tuple(d["stat_names"]),
             stat_median=np.asarray(d["stat_median"], np.float64),
             stat_mad=np.asarray(d["stat_mad"], np.float64),
@@ -188,18 +192,39 @@ def _floor_of(name: str) -> float:
     return EFFECT_FLOORS[name.split(":")[0]]
 
 
+@dataclass(frozen=True)
+class _Centre:
+    """How far the fitting half's centre may sit from the line's (one bootstrap draw)."""
+
+    z: np.ndarray  # whitened mean
+    stats: np.ndarray  # image statistics' medians, in MADs
+    outputs: np.ndarray  # output rates
+
+
 def _raw_stats(
-    ref: DriftReference, z: np.ndarray, novel: np.ndarray, sz: np.ndarray, outputs: np.ndarray
+    ref: DriftReference,
+    z: np.ndarray,
+    novel: np.ndarray,
+    sz: np.ndarray,
+    outputs: np.ndarray,
+    centre: _Centre | None = None,
 ) -> tuple[dict[str, float], np.ndarray]:
     """Per-window values before the EWMA: magnitudes by name, and the output rates' deltas."""
+    mean_z = z.mean(axis=0) if centre is None else z.mean(axis=0) - centre.z
     values: dict[str, float] = {
-        "mean_shift": float(np.linalg.norm(z.mean(axis=0))),
+        "mean_shift": float(np.linalg.norm(mean_z)),
         "novelty": float(novel.mean()),
+        # A share of images changed (a mixture) moves medians little but their tails a lot.
+        "stat_novelty": float(np.mean(np.abs(sz).max(axis=1) > ref.stat_novelty_cut)),
     }
     med = np.median(sz, axis=0)
+    if centre is not None:
+        med = med - centre.stats
     for name, v in zip(ref.stat_names, med, strict=True):
         values[f"stat:{name}"] = float(v)
     delta = outputs.mean(axis=0) - ref.output_rates if outputs.size else np.zeros(0)
+    if centre is not None and delta.size:
+        delta = delta - centre.outputs
     return values, delta
 
 
@@ -287,6 +312,7 @@ def fit_reference(
         whitening=white,
         shrinkage=shrink,
         novelty_cut=0.0,
+        stat_novelty_cut=0.0,
         stat_names=STAT_NAMES,
         stat_median=med,
         stat_mad=mad,
@@ -301,7 +327,9 @@ def fit_reference(
     zc = ref.whiten(cal.features)
     dist = np.sqrt(np.sum(zc**2, axis=1))
     ref.novelty_cut = float(np.quantile(dist, 0.99))
-    ref.thresholds = _calibrate(ref, cal, zc, dist, seed, bootstrap_windows)
+    ref.stat_novelty_cut = float(np.quantile(np.abs(ref.stat_z(cal.stats)).max(axis=1), 0.99))
+    centres = _centres(ref, fit, np.random.default_rng([seed, 1]))
+    ref.thresholds = _calibrate(ref, cal, zc, dist, centres, seed, bootstrap_windows)
     qs = np.linspace(0, 1, _PSI_BINS + 1)[1:-1]
     for j in range(min(_PSI_COMPONENTS, ref.k)):
         ref.psi_edges[f"pc:{j}"] = np.quantile(zc[:, j], qs).tolist()
@@ -310,11 +338,36 @@ def fit_reference(
     return ref
 
 
+def _centres(
+    ref: DriftReference, fit: ImageRows, rng: np.random.Generator, count: int = 200
+) -> list[_Centre]:
+    """Block-bootstrap draws of the fitting half's centre, relative to the centre itself.
+
+    The reference's centre (mean, medians, rates) is estimated from correlated images: it is
+    off the line's true centre by an error of this size. Production windows meet that error;
+    windows cut from the calibration half alone would not (they share the half's own offset),
+    and thresholds set on them alone alarm too often on new data. Each calibration window is
+    measured against one such draw, so the thresholds include the reference's own uncertainty
+    (the estimated-parameters correction of control charts).
+    """
+    zf = ref.whiten(fit.features)
+    sf = ref.stat_z(fit.stats)
+    base_z, base_s = zf.mean(axis=0), np.median(sf, axis=0)
+    base_o = fit.outputs.mean(axis=0)
+    idx = block_windows(fit.times, len(fit), count, rng)
+    return [
+        _Centre(zf[i].mean(axis=0) - base_z, np.median(sf[i], axis=0) - base_s,
+                fit.outputs[i].mean(axis=0) - base_o)
+        for i in idx
+    ]  # fmt: skip
+
+
 def _calibrate(
     ref: DriftReference,
     cal: ImageRows,
     zc: np.ndarray,
     dist: np.ndarray,
+    centres: list[_Centre],
     seed: int,
     count: int,
 ) -> dict[str, list[float]]:
@@ -328,8 +381,9 @@ def _calibrate(
         idx = block_windows(cal.times, n, count, rng)
         rows = []
         ewma = np.zeros(len(ref.output_names))
-        for w in idx:
-            values, delta = _raw_stats(ref, zc[w], novel[w], sz[w], cal.outputs[w])
+        for j, w in enumerate(idx):
+            centre = centres[j % len(centres)]
+            values, delta = _raw_stats(ref, zc[w], novel[w], sz[w], cal.outputs[w], centre)
             # The windows follow each other like a line's: the EWMA runs along them.
             ewma = EWMA_LAMBDA * delta + (1 - EWMA_LAMBDA) * ewma
             for name, v in zip(ref.output_names, ewma, strict=True):
@@ -341,9 +395,12 @@ def _calibrate(
     assert names is not None
     out: dict[str, list[float]] = {name: [] for name in names}
     for mat in per_n:
-        # Each statistic on its own empirical scale (the share of windows below it); the
-        # window's largest is its joint score; the joint 99% quantile sets every threshold.
-        ranks = (np.argsort(np.argsort(mat, axis=0), axis=0) + 1) / len(mat)
+        # Each statistic on its own empirical scale (the share of windows strictly below it:
+        # ties, as in a statistic that never moved, never inflate it); the window's largest
+        # is its joint score; the joint 99% quantile sets every threshold.
+        ranks = np.stack(
+            [np.searchsorted(np.sort(col), col, side="left") for col in mat.T], axis=1
+        ) / len(mat)
         level = float(np.quantile(ranks.max(axis=1), 1 - ALARM_LEVEL, method="higher"))
         for j, name in enumerate(names):
             thr = float(np.quantile(mat[:, j], level, method="higher"))

@@ -34,6 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
     "ACTIVATIONS",
+    "DRIFT_STATES",
     "INSPECTION_STATUSES",
     "MODEL_STATUSES",
     "NAMING_CONVENTION",
@@ -46,6 +47,8 @@ __all__ = [
     "Base",
     "ConsoleSession",
     "Defect",
+    "DriftReferenceRow",
+    "DriftWindowRow",
     "Event",
     "Inspection",
     "LineControl",
@@ -66,6 +69,7 @@ INSPECTION_STATUSES = ("ok", "rejected")
 VERDICTS = ("pass", "fail")
 REVIEW_DECISIONS = ("confirm", "reject")
 ACTIVATIONS = ("sigmoid", "softmax")
+DRIFT_STATES = ("ok", "warning", "critical")
 #: Console roles, least to most allowed: each role may do what the ones before it may.
 ROLES = ("viewer", "operator", "engineer", "admin")
 
@@ -535,3 +539,70 @@ class LineControl(Base):
 
     def __repr__(self) -> str:
         return f"LineControl(line={self.line!r}, paused={self.paused})"
+
+
+# --------------------------------------------------------------------------- drift (issue 18)
+
+
+class DriftReferenceRow(Base):
+    """A camera's drift reference for one model version (``defectscan.drift.DriftReference``).
+
+    The PCA mean, axes, whitening and thresholds are columns of their own; ``details`` keeps the
+    rest (image statistics' medians and MADs, the novelty cut, output rates, PSI bin edges).
+    The newest row for a model version, line and camera is the one in use.
+    """
+
+    __tablename__ = "drift_references"
+    __table_args__ = (
+        Index("ix_drift_references_lookup", "model_version", "line", "camera", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(128))
+    line: Mapped[str | None] = mapped_column(String(64))
+    camera: Mapped[str | None] = mapped_column(String(64))
+    k: Mapped[int]
+    mean: Mapped[list[Any]] = mapped_column(_JSON)
+    components: Mapped[list[Any]] = mapped_column(_JSON)
+    whitening: Mapped[list[Any]] = mapped_column(_JSON)
+    thresholds: Mapped[dict[str, Any]] = mapped_column(_JSON)
+    details: Mapped[dict[str, Any]] = mapped_column(_JSON)
+    n_images: Mapped[int]
+    built_from: Mapped[datetime | None]
+    built_to: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return (
+            f"DriftReferenceRow(id={self.id}, {self.model_version!r}, {self.line!r}, "
+            f"{self.camera!r}, n={self.n_images})"
+        )
+
+
+class DriftWindowRow(Base):
+    """One closed drift window of a camera: its statistics, thresholds, state and hints."""
+
+    __tablename__ = "drift_windows"
+    __table_args__ = (
+        CheckConstraint(_in("state", DRIFT_STATES), name="state"),
+        Index("ix_drift_windows_camera_end", "line", "camera", "window_end"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True)
+    line: Mapped[str | None] = mapped_column(String(64))
+    camera: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(128))
+    reference_id: Mapped[int | None] = mapped_column(
+        ForeignKey("drift_references.id", ondelete="SET NULL")
+    )
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    n: Mapped[int]
+    statistics: Mapped[dict[str, Any]] = mapped_column(_JSON)
+    thresholds: Mapped[dict[str, Any]] = mapped_column(_JSON)
+    state: Mapped[str] = mapped_column(String(16))
+    hints: Mapped[list[Any]] = mapped_column(_JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"DriftWindowRow({self.line!r}, {self.camera!r}, {self.window_end}, {self.state!r})"

@@ -31,6 +31,9 @@ TABLES = {
     "sessions",
     "threshold_rules",
     "users",
+    # drift monitoring (revision 0005)
+    "drift_references",
+    "drift_windows",
 }
 
 
