@@ -468,6 +468,11 @@ class Settings(BaseSettings):
     background_threads: int = Field(
         default=1, ge=1, description="threads (and cores) of background engine exports"
     )
+    drift: bool = Field(
+        default=True,
+        description="monitors track drift per camera (features of the same pass) once a "
+        "reference is built with `defectscan drift reference build`",
+    )
     tile_size: int | None = Field(default=None, ge=16)
     overlap: int | None = Field(default=None, ge=0)
     max_pixels: int = Field(default=80_000_000, ge=1, description="decompression-bomb guard")

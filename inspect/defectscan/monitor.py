@@ -60,11 +60,13 @@ from defectscan.champion import (
     line_loader,
     parse_model_ref,
 )
+from defectscan.drift.tracking import DriftMonitor
 from defectscan.engine_upgrade import EngineOptions, EngineUpgrader
 from defectscan.errors import ConfigError, DefectscanError
 from defectscan.model.engines import engine_label
 from defectscan.monitor_controls import ConsoleControls
 from defectscan.monitor_stats import RunSummary, WindowStats
+from defectscan.pipeline import InspectionResult
 from defectscan.service import (
     BatchOutcome,
     MetricsSink,
@@ -209,6 +211,7 @@ class LineMonitor:
         pause_max_s: float = 60.0,
         engine_options: EngineOptions | None = None,
         commit_every: int | None = None,
+        drift: DriftMonitor | None = None,
     ) -> None:
         if batch_size < 1:
             msg = f"batch size must be >= 1, got {batch_size}"
@@ -243,6 +246,8 @@ class LineMonitor:
             engine, batch_size=max(commit_every or batch_size, 1), attempts=writer_attempts
         )
         self._registered: set[str] = set()
+        #: Drift per camera from the features of the same pass (None: off in the plant file).
+        self.drift = drift
         # Records of failed batches not settled yet: claim one at a time while any is left.
         self._suspects: set[str] = set()
         self._suspect_free_claims = 0
@@ -367,16 +372,21 @@ class LineMonitor:
     ) -> BatchOutcome:
         """Inspect, store, archive and settle claimed records; a failure hands them back."""
         records = [self._known_line(r) for r in records]
+        inspector = self.models.inspector
+        drift_batch: list[InspectionResult] | None = None
+        if self.drift is not None:
+            inspector.drift_features = self.drift.wants_features(inspector.model_version)
+            drift_batch = [] if inspector.drift_features else None
         try:
             with self._renewing(records):
                 outcome = inspect_and_store(
                     records,
-                    inspector=self.models.inspector,
+                    inspector=inspector,
                     writer=self.writer,
                     source=self.source,
                     archive=self.archive,
                     metrics=self.metrics,
-                    on_result=self.engines.observe if self.engines is not None else None,
+                    on_result=self._result_hook(drift_batch),
                 )
         except Exception as exc:
             # inspect_and_store handed the records back to the source already (charged as a
@@ -391,11 +401,29 @@ class LineMonitor:
                 self._record_failure(records_n=len(records), exc=exc, flow_run_id=flow_run_id)
             return BatchOutcome()
         self._suspects.difference_update(r.id for r in records)
+        if self.drift is not None and drift_batch:
+            # Committed rows only: a batch handed back never reaches the drift windows.
+            self.drift.observe(inspector.model_version, inspector.spec.class_names, drift_batch)
         if self._plant_fault is not None:
             self._plant_fault_cleared(flow_run_id)
         if outcome.archived:
             self._archive_dirty = True
         return outcome
+
+    def _result_hook(
+        self, drift_batch: list[InspectionResult] | None
+    ) -> Callable[[InspectionResult], Any] | None:
+        """The service loop's ``on_result``: background engine work and drift's batch."""
+        engines = self.engines
+        if drift_batch is None:
+            return engines.observe if engines is not None else None
+
+        def hook(result: InspectionResult) -> None:
+            drift_batch.append(result)
+            if engines is not None:
+                engines.observe(result)
+
+        return hook
 
     def step(self, *, flow_run_id: str | None = None) -> BatchOutcome | None:
         """Claim one micro-batch and take it through the loop; None when nothing came.

@@ -13,6 +13,7 @@ from typing import Any
 
 from defectscan.archive import ArchivePolicy, ImageArchive
 from defectscan.champion import InspectorLoader, ModelProvider, line_loader
+from defectscan.drift.tracking import DriftMonitor
 from defectscan.engine_upgrade import EngineOptions
 from defectscan.errors import ConfigError
 from defectscan.monitor import LineMonitor
@@ -138,6 +139,14 @@ def build_monitor(
         engine_options=options,
         # Latency: a row commits as soon as its image is inspected, not with its micro-batch.
         commit_every=1,
+        drift=(
+            DriftMonitor(
+                session_factory(engine, write=True),
+                metrics=metrics if metrics is not None else _PROCESS_METRICS,
+            )
+            if settings.drift
+            else None
+        ),
     )
     if line:
         # The operator console's pause and threshold rules, read between batches.
