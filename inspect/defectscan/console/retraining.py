@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
+
+from sqlalchemy import select
 
 from defectscan.archive import ImageArchive
 from defectscan.console.deps import ConsoleState
 from defectscan.errors import DefectscanError
+from defectscan.store.schema import TrainingRun, utcnow
 
 __all__ = ["RetrainRefusedError", "request_retrain"]
 
@@ -79,8 +84,26 @@ def request_retrain(st: ConsoleState, *, requested_by: str, reason: str) -> str:
         except Exception:
             logger.exception("retrain requested by %s crashed", requested_by)
 
+    asked_at = utcnow() - timedelta(seconds=1)
     thread = threading.Thread(target=work, name="console-retrain", daemon=True)
     st.jobs["retrain"] = thread
     thread.start()
     started.wait(5)
+    # The run's row (requester, reason, status) is written as the retrain starts: wait for it,
+    # so that the Models page the operator lands on shows the run.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with st.read() as session:
+            run_id = session.scalar(
+                select(TrainingRun.id).where(
+                    TrainingRun.requested_by == requested_by,
+                    TrainingRun.reason == reason,
+                    TrainingRun.created_at >= asked_at,
+                )
+            )
+        if run_id is not None:
+            return f"retrain started on this console's machine as training run {run_id}"
+        if not thread.is_alive():
+            break
+        time.sleep(0.1)
     return "retrain started on this console's machine (no Prefect server answers)"
