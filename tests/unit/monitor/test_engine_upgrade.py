@@ -236,7 +236,8 @@ def test_a_pinned_backend_is_never_overridden(
         f"folder:{camera}", model=str(model), line=None, database_url=url, claim_timeout=0.1
     )
     assert monitor.engines is None  # no background engine work at all
-    summary = monitor.run(idle_exit=0.5)
+    # files already there when the watch began: taken after two stable polls (0.5 s apart)
+    summary = monitor.run(idle_exit=3.0)
     assert summary.images == 12
     assert engine_label(monitor.models.inspector.backend) == engine
     monitor.close()
@@ -270,7 +271,7 @@ def test_auto_int8_off_in_the_plant_file_or_the_environment(
     )
     assert monitor.engines is not None
     assert not monitor.engines.options.int8
-    monitor.run(idle_exit=0.5)
+    assert monitor.run(idle_exit=3.0).images == 12
     assert monitor.engines.state == "off"
     assert monitor.engines.pool is None
     assert monitor.engines._proc is None
