@@ -76,7 +76,8 @@ def demo_cmd(
         f"  DEFECTSCAN_RETRAIN_DATA={workdir / 'train'} .venv/bin/defectscan console\n"
         f"then open http://{settings.console.host}:{settings.console.port}/ and log in as "
         f"[bold]{name}[/] with the password below (shown once; `defectscan users passwd {name}` "
-        "makes a new one):"
+        "makes a new one):",
+        soft_wrap=True,  # the command stays on one line, copyable
     )
     console.print(f"  {password}", markup=False, highlight=False)
 
