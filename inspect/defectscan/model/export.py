@@ -287,8 +287,12 @@ def engine_cache_dir() -> Path:
 
 
 def engine_key(sha256: str, fmt: EngineFormat, precision: str, tile: int) -> str:
-    """Cache folder name of an engine: the checkpoint's weights, the format, precision, tile."""
-    return f"{sha256[:16]}-{fmt}-{precision}-t{tile}"
+    """Cache folder name of an engine: the checkpoint's weights, the format, precision, tile.
+
+    ``-f``: the engine has the pooled-features output (drift monitoring); engines cached
+    before it was added lack it and are exported again rather than reused.
+    """
+    return f"{sha256[:16]}-{fmt}-{precision}-t{tile}-f"
 
 
 def cpu_tag() -> str:
@@ -353,7 +357,7 @@ def export_model(
     parity_tiles: np.ndarray | None = None,
     calibration_limit: int = 300,
     parity_mean_abs: float | None = None,
-    features: bool = False,
+    features: bool = True,
 ) -> ExportedEngine:
     """Export ``model`` (BatchNorm folded, activation included) and check it against torch.
 
@@ -362,8 +366,9 @@ def export_model(
     INT8 (OpenVINO only) needs ``calibration``: a folder of real camera images. Parity runs on
     ``parity_tiles`` (default: calibration tiles not used to quantise, else synthetic parts);
     ``parity_mean_abs`` overrides the mean probability difference allowed (see
-    :func:`check_parity`). ``features`` adds a second output, the pooled bottleneck features
-    of the same pass (drift monitoring); the probabilities stay the first output.
+    :func:`check_parity`). ``features`` (default) adds a second output, the pooled bottleneck
+    features of the same pass, so that drift monitoring keeps its features on whichever engine
+    a monitor runs or switches to; the probabilities stay the first output.
     """
     tile = tile or spec.tile_size
     if int8 and fmt != "openvino":

@@ -83,8 +83,10 @@ def test_exports_carry_features_as_a_second_output_and_keep_parity(
     assert feats is not None
     np.testing.assert_allclose(feats, _pooled(ckpt, tiles), atol=1e-3)
     np.testing.assert_allclose(probs, engine.infer(tiles), atol=1e-6)
-    # Exports without the flag still load and say they have no features.
-    plain = export_model(ckpt.model, ckpt.spec, sha256=ckpt.sha256, fmt=fmt, out=tmp_path / "plain")
+    # Exports without features (as engines cached before them) still load and say so.
+    plain = export_model(
+        ckpt.model, ckpt.spec, sha256=ckpt.sha256, fmt=fmt, out=tmp_path / "plain", features=False
+    )
     engine = load_exported(plain.directory)
     assert isinstance(engine, OnnxRuntimeBackend | OpenVINOBackend)
     assert engine.has_features is False

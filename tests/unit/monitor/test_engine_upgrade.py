@@ -130,6 +130,10 @@ def test_monitor_reaches_int8_by_itself_and_a_restart_starts_on_it(
     sha = monitor.models.inspector.checkpoint.sha256  # type: ignore[union-attr]
     meta = json.loads((engine_cache_dir() / auto_int8_key(sha, 64) / ENGINE_META).read_text())
     assert meta["parity"]["passed"]
+    # The engine switched to keeps the pooled-features output: drift monitoring goes on.
+    assert meta["features"] is True
+    backend = monitor.models.inspector.backend
+    assert getattr(backend, "has_features", False) is True
     assert meta["calibration_tiles"] == 6 * 4
     assert meta["parity"]["tiles"] == 3 * 4
     calib = {p.name for p in (engine_cache_dir() / "calibration").glob("*/calibration/*")}
