@@ -174,9 +174,11 @@ def _train(
     else:
         cmd += ["--config", recipe, "--data", str(data), "--device", "cuda"]
         cmd += ["--max-minutes", str(max_minutes)]
-    step = _run(Step("train", cmd), timeout_s=timeout_s, env=env, log=out / "train.log")
+    log = out / "train.log"
+    step = _run(Step("train", cmd), timeout_s=timeout_s, env=env, log=log)
     summary = None
-    for line in reversed(step.tail.splitlines()):
+    # The whole log, not the step's tail: the summary is one JSON line longer than the tail.
+    for line in reversed(log.read_text().splitlines()):
         if line.startswith("{"):
             try:
                 summary = json.loads(line)
@@ -197,6 +199,8 @@ def _train(
             "per_class_iou": metrics.get("per_class_iou"),
             "image_recall": cal.get("image_recall"),
             "false_reject_rate": cal.get("false_reject_rate"),
+            "recall_at_5pct_frr": metrics.get("recall_at_frr"),
+            "tta": (cal.get("tta") or {}).get("chosen"),
         }
         step.figures["checkpoint"] = _fit_checkpoint(ckpt)
     step.passed = step.rc == 0 and summary is not None and ckpt.is_file()

@@ -48,9 +48,14 @@ def screenshot_dir() -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Debian chromium under Playwright (never a downloaded browser)."""
+    """Headless Debian chromium under Playwright (never a downloaded browser).
+
+    Module-scoped: Playwright's sync API runs an event loop in the main thread while it is
+    open, and Prefect's sync-or-async calls (``deployment.apply()``, ``asyncio.run``) made by
+    tests that run after the browser tests would see it and fail. It closes with the module.
+    """
     path = chromium()
     try:
         from playwright.sync_api import sync_playwright
