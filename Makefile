@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The slowest tests are listed at the end of every run: the suite has a 25-minute budget in CI.
+PYTEST_ARGS ?= --durations=30
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: demo test lint bench bench-console bench-finetune soak soak-stream serve-run gpu-check services clean help
