@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
 from defectscan.console.deps import Principal, client_ip, csrf, form, set_session_cookie, state
-from defectscan.console.routes import render
+from defectscan.console.pages import render
 from defectscan.console.security import (
     CSRF_COOKIE,
     SESSION_COOKIE,

@@ -7,8 +7,7 @@ from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from defectscan.console.deps import Principal, current_user, db
-from defectscan.console.routes import render
-from defectscan.console.routes.inspections import _time
+from defectscan.console.pages import parse_time, render
 from defectscan.store.console_queries import event_kinds, filter_events
 
 router = APIRouter()
@@ -28,7 +27,7 @@ def events_page(
         kind=raw["kind"] or None,
         line=raw["line"] or None,
         level=raw["level"] or None,
-        since=_time(raw["since"]),
+        since=parse_time(raw["since"]),
         text=raw["text"] or None,
     )
     return render(

@@ -6,7 +6,6 @@ a 404 before the file system is touched.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from defectscan.console.deps import Principal, current_user, db, state
 from defectscan.console.images import class_map_from_defects, overlay_png, valid_sha256
-from defectscan.console.routes import render
+from defectscan.console.pages import parse_time, render
 from defectscan.store.console_queries import (
     GalleryFilters,
     gallery_choices,
@@ -45,21 +44,6 @@ FILTER_KEYS = (
 )
 
 
-def _time(value: str) -> datetime | None:
-    """An ISO time (``2026-12-01T08:00``, taken as UTC) or an age (``30m``, ``8h``, ``2d``)."""
-    value = value.strip()
-    if not value:
-        return None
-    units = {"m": 60, "h": 3600, "d": 86400}
-    if value[-1:] in units and value[:-1].isdigit():
-        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def _float(value: str) -> float | None:
     try:
         f = float(value)
@@ -83,8 +67,8 @@ def parse_filters(params: Any) -> tuple[GalleryFilters, dict[str, str]]:
     filters = GalleryFilters(
         line=raw["line"] or None,
         camera=raw["camera"] or None,
-        since=_time(raw["since"]),
-        until=_time(raw["until"]),
+        since=parse_time(raw["since"]),
+        until=parse_time(raw["until"]),
         verdict=raw["verdict"] or None,
         status=raw["status"] or None,
         class_name=raw["class_name"] or None,

@@ -7,7 +7,7 @@ from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from defectscan.console.deps import Principal, current_user, db, state
-from defectscan.console.routes import render
+from defectscan.console.pages import render
 from defectscan.store.console_queries import lines_overview
 
 router = APIRouter()

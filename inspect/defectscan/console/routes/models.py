@@ -14,8 +14,8 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from defectscan.console.deps import Principal, client_ip, csrf, current_user, db, form, state
+from defectscan.console.pages import render
 from defectscan.console.retraining import request_retrain
-from defectscan.console.routes import render
 from defectscan.errors import DefectscanError
 from defectscan.store.console_queries import recent_training_runs
 from defectscan.store.console_users import audit

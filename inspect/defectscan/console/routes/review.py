@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from defectscan.console.deps import Principal, client_ip, csrf, current_user, db, state
 from defectscan.console.images import class_map_from_defects, encode_rle, read_mask_png
+from defectscan.console.pages import render
 from defectscan.console.reviewing import ReviewInput, ReviewRefusedError, save_review
-from defectscan.console.routes import render
 from defectscan.errors import DefectscanError
 from defectscan.report import class_color
 from defectscan.store.console_queries import inspection_detail, peak_score, review_queue

@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from defectscan.console.deps import Principal, client_ip, csrf, current_user, db, form, state
-from defectscan.console.routes import render
+from defectscan.console.pages import render
 from defectscan.errors import DefectscanError
 from defectscan.store.console_queries import gallery_choices, threshold_what_if
 from defectscan.store.console_users import audit

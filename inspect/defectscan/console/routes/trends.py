@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from defectscan.console.deps import Principal, current_user, db, state
-from defectscan.console.routes import render
+from defectscan.console.pages import render
 from defectscan.report import class_color
 from defectscan.store.console_queries import class_counts, gallery_choices, trends
 
