@@ -39,6 +39,8 @@ __all__ = [
     "MODEL_STATUSES",
     "NAMING_CONVENTION",
     "REVIEW_DECISIONS",
+    "REVIEW_QUEUE_STATES",
+    "REVIEW_STRATA",
     "ROLES",
     "TRAINING_STATUSES",
     "TRAINING_TRIGGERS",
@@ -54,6 +56,7 @@ __all__ = [
     "LineControl",
     "ModelVersion",
     "Review",
+    "ReviewQueueItem",
     "RunMetric",
     "ThresholdRule",
     "TrainingRun",
@@ -70,6 +73,9 @@ VERDICTS = ("pass", "fail")
 REVIEW_DECISIONS = ("confirm", "reject")
 ACTIVATIONS = ("sigmoid", "softmax")
 DRIFT_STATES = ("ok", "warning", "critical")
+REVIEW_QUEUE_STATES = ("open", "done", "expired")
+#: The review queue's strata (``defectscan.drift.review_sampling.STRATUM_SHARES``).
+REVIEW_STRATA = ("close_call", "novelty", "class_balance", "random_pass", "random_fail", "flagged")
 #: Console roles, least to most allowed: each role may do what the ones before it may.
 ROLES = ("viewer", "operator", "engineer", "admin")
 
@@ -606,3 +612,62 @@ class DriftWindowRow(Base):
 
     def __repr__(self) -> str:
         return f"DriftWindowRow({self.line!r}, {self.camera!r}, {self.window_end}, {self.state!r})"
+
+
+class ReviewQueueItem(Base):
+    """An image the review queue picked for an operator: why, with what probability, until when.
+
+    ``inclusion_probability`` is exact for the random strata (``random_pass``, ``random_fail``)
+    and 1 for the chosen ones; ``population`` is, for a random stratum, the number of passes
+    (fails) of the line's day that the fill ``batch`` sampled from: with the reviews, they give
+    the Horvitz-Thompson estimates of escapes and false rejects. An item is ``open`` until it
+    is reviewed (``done``) or its ``expires_at`` passes (``expired``).
+    """
+
+    __tablename__ = "review_queue"
+    __table_args__ = (
+        CheckConstraint(_in("state", REVIEW_QUEUE_STATES), name="state"),
+        CheckConstraint(_in("stratum", REVIEW_STRATA), name="stratum"),
+        CheckConstraint(
+            "inclusion_probability > 0 AND inclusion_probability <= 1", name="probability"
+        ),
+        # The console's and `review next`'s "next open item for a line".
+        Index("ix_review_queue_line_state_expires_at", "line", "state", "expires_at", "id"),
+        Index("ix_review_queue_state_expires_at", "state", "expires_at"),
+        Index("ix_review_queue_inspection_id", "inspection_id"),
+        Index("ix_review_queue_batch_stratum", "batch", "stratum"),
+        # An image is queued at most once at a time.
+        Index(
+            "uq_review_queue_sha256_open",
+            "sha256",
+            unique=True,
+            sqlite_where=text("state = 'open'"),
+            postgresql_where=text("state = 'open'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True)
+    inspection_id: Mapped[int] = mapped_column(
+        _BIG_ID, ForeignKey("inspections.id", ondelete="CASCADE")
+    )
+    sha256: Mapped[str] = mapped_column(String(64))
+    line: Mapped[str | None] = mapped_column(String(64))
+    camera: Mapped[str | None] = mapped_column(String(64))
+    stratum: Mapped[str] = mapped_column(String(32))
+    score: Mapped[float] = mapped_column(Float)
+    inclusion_probability: Mapped[float] = mapped_column(Float)
+    population: Mapped[int | None]
+    batch: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(128))
+    selector_version: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="open")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    done_at: Mapped[datetime | None]
+    review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id", ondelete="SET NULL"))
+
+    def __repr__(self) -> str:
+        return (
+            f"ReviewQueueItem(id={self.id}, inspection_id={self.inspection_id}, "
+            f"{self.stratum!r}, {self.state!r})"
+        )

@@ -34,6 +34,8 @@ TABLES = {
     # drift monitoring (revision 0005)
     "drift_references",
     "drift_windows",
+    # the review queue (revision 0006)
+    "review_queue",
 }
 
 
