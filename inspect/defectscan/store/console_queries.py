@@ -22,6 +22,7 @@ from defectscan.store._sql import _as_utc, _aware, _hour
 from defectscan.store.inspection_queries import defect_rates
 from defectscan.store.schema import (
     Defect,
+    DriftWindowRow,
     Event,
     Inspection,
     LineControl,
@@ -32,16 +33,19 @@ from defectscan.store.schema import (
 )
 
 __all__ = [
+    "DriftCard",
     "GalleryFilters",
     "GalleryPage",
     "LineSummary",
     "QueueItem",
     "ThresholdWhatIf",
     "TrendRow",
+    "drift_overview",
     "event_kinds",
     "filter_events",
     "gallery_page",
     "inspection_detail",
+    "judge_health",
     "lines_overview",
     "review_queue",
     "same_image",
@@ -56,6 +60,20 @@ CLOSE_CALL_MARGIN = 0.15
 RECENT_KEYS = 2000
 #: Without monitor windows, a line's 7-day fail rate is taken over at most its newest this many.
 WEEK_SAMPLE = 20_000
+#: A monitor that wrote a row (inspection, metrics window, event) this recently is up ...
+UP_WITHIN = timedelta(minutes=5)
+#: ... and one seen this recently is idle: a bounded monitor run (10 minutes by default) writes
+#: its summary row when it ends, even without images.
+IDLE_WITHIN = timedelta(minutes=15)
+#: The oldest image waiting longer than this makes a line "behind" (besides its own event).
+LAG_WARN = timedelta(minutes=2)
+#: Events that say how a line's monitor fares: (kinds, the kind that opens the state).
+_STATE_EVENTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "fault": (("plant_fault", "plant_fault_cleared"), "plant_fault"),
+    "behind": (("line_behind", "line_caught_up"), "line_behind"),
+    "engine": (("engine_in_use", "engine_switch"), ""),
+}
+_MONITOR_EVENTS = tuple(k for kinds, _ in _STATE_EVENTS.values() for k in kinds)
 
 
 # --------------------------------------------------------------------------- lines
@@ -84,6 +102,39 @@ class LineSummary:
     #: The line's newest event (a plant fault, a refused model, falling behind, a pause...):
     #: (kind, level, message, when). Later figures (drift) add their own fields here.
     last_event: tuple[str, str, str, datetime] | None = None
+    #: The newest row its monitor wrote (inspection, metrics window or monitor event).
+    monitor_seen_at: datetime | None = None
+    #: An open plant fault (its message) and since when; None when cleared or never.
+    fault: str | None = None
+    fault_since: datetime | None = None
+    #: The monitor said it falls behind (``line_behind``, not yet ``line_caught_up``).
+    behind: bool = False
+    behind_since: datetime | None = None
+    #: The engine the monitor last said it inspects with (``engine_in_use``/``engine_switch``).
+    engine: str | None = None
+    engine_at: datetime | None = None
+    #: The line's queue, read from its source by the console (None: not known here).
+    backlog: int | None = None
+    #: Of the backlog, entries delivered to a consumer and not settled (Redis only).
+    pending: int | None = None
+    #: When the oldest waiting item arrived (a file's mtime, a stream entry's id).
+    oldest_waiting_at: datetime | None = None
+    #: Why the queue is not known (no source in the plant file, folder missing, Redis down).
+    queue_note: str | None = None
+    #: The queue has more items than were counted (the count is a lower bound).
+    backlog_capped: bool = False
+    #: One word for the line (ok, idle, paused, behind, faulted, down) and its level
+    #: (ok, info, warning, critical), with the reasons behind it.
+    health: str = "down"
+    health_level: str = "critical"
+    health_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def oldest_waiting_s(self) -> float | None:
+        """Age of the oldest waiting item in seconds (None when unknown or nothing waits)."""
+        if self.oldest_waiting_at is None:
+            return None
+        return max(0.0, (utcnow() - _as_utc(self.oldest_waiting_at)).total_seconds())
 
 
 def _rate(fails: int, total: int) -> float | None:
@@ -209,15 +260,31 @@ def lines_overview(
         cs = keys.get((str(line), camera))
         if cs is not None:
             cs.top_classes.append((class_name, int(n)))
-    latest_metrics = dict(
-        session.execute(
-            select(RunMetric.line, func.max(RunMetric.latency_p95_ms))
-            .where(RunMetric.window_start >= now - timedelta(minutes=11))
+    day_ago = now - timedelta(days=1)
+    windows: dict[str | None, tuple[datetime | None, float | None]] = {
+        line: (_as_utc(end) if end is not None else None, p95)
+        for line, end, p95 in session.execute(
+            select(
+                RunMetric.line,
+                func.max(RunMetric.window_end),
+                func.max(
+                    case(
+                        (
+                            RunMetric.window_start >= now - timedelta(minutes=11),
+                            RunMetric.latency_p95_ms,
+                        ),
+                        else_=None,
+                    )
+                ),
+            )
+            .where(RunMetric.window_start >= day_ago)
             .group_by(RunMetric.line)
         ).all()
-    )
+    }
+    line_names = {s.line for s in keys.values()}
     last_events: dict[str, tuple[str, str, str, datetime]] = {}
-    for line in {s.line for s in keys.values()}:
+    states: dict[tuple[str, str], tuple[str, str, dict[str, Any], datetime]] = {}
+    for line in line_names:
         ev = session.execute(
             select(Event.kind, Event.level, Event.message, Event.created_at)
             .where(Event.line == line)
@@ -226,23 +293,144 @@ def lines_overview(
         ).first()
         if ev is not None:
             last_events[line] = (ev.kind, ev.level, ev.message, ev.created_at)
+        for what, (kinds, _opens) in _STATE_EVENTS.items():
+            # The (kind, created_at) index per kind, newest first: one row each.
+            found = [
+                session.execute(
+                    select(Event.kind, Event.message, Event.details, Event.created_at)
+                    .where(Event.kind == kind, Event.line == line)
+                    .order_by(Event.created_at.desc(), Event.id.desc())
+                    .limit(1)
+                ).first()
+                for kind in kinds
+            ]
+            rows = [r for r in found if r is not None]
+            if rows:
+                r = max(rows, key=lambda r: _as_utc(r.created_at))
+                states[(line, what)] = (r.kind, r.message, r.details or {}, _as_utc(r.created_at))
     for s in keys.values():
         s.last_event = last_events.get(s.line)
         s.top_classes = sorted(s.top_classes, key=lambda kv: (-kv[1], kv[0]))[:3]
         control = controls.get(s.line)
         s.paused = bool(control and control.paused)
         s.paused_by = control.changed_by if control else None
-        s.latency_p95_ms = latest_metrics.get(s.line)
-        reported = s.line in latest_metrics
+        window_end, s.latency_p95_ms = windows.get(s.line, (None, None))
+        fault = states.get((s.line, "fault"))
+        if fault is not None and fault[0] == "plant_fault":
+            s.fault = str(fault[2].get("error") or fault[1])
+            s.fault_since = fault[3]
+        behind = states.get((s.line, "behind"))
+        if behind is not None and behind[0] == "line_behind":
+            s.behind, s.behind_since = True, behind[3]
+        engine = states.get((s.line, "engine"))
+        if engine is not None:
+            s.engine, s.engine_at = str(engine[2].get("engine") or "?"), engine[3]
+        signs = [
+            t
+            for t in (
+                _as_utc(s.last_at) if s.last_at is not None else None,
+                window_end,
+                *(states[(s.line, w)][3] for w in _STATE_EVENTS if (s.line, w) in states),
+            )
+            if t is not None
+        ]
+        s.monitor_seen_at = max(signs) if signs else None
         if s.paused:
             s.state = "paused"
-        elif s.last_at is not None and s.last_at >= now - timedelta(minutes=5):
+        elif s.last_at is not None and _as_utc(s.last_at) >= now - UP_WITHIN:
             s.state = "up"
-        elif reported:
+        elif s.monitor_seen_at is not None and s.monitor_seen_at >= now - IDLE_WITHIN:
             s.state = "idle"
         else:
             s.state = "down"
+        judge_health(s, now=now)
     return sorted(keys.values(), key=lambda s: (s.line, s.camera or ""))
+
+
+def judge_health(s: LineSummary, *, now: datetime | None = None) -> LineSummary:
+    """Set ``s.health``, its level and reasons from the monitor's state, its events and the
+    queue (call again once the queue is known). The worst reason names the word."""
+    now = now or utcnow()
+    reasons: list[tuple[int, str, str]] = []  # (rank, word, reason)
+    waiting = f"{s.backlog}{'+' if s.backlog_capped else ''} waiting" if s.backlog else ""
+    if s.fault is not None:
+        reasons.append((4, "faulted", f"plant fault: {s.fault}"))
+    if s.state == "down":
+        seen = (
+            f"no row from its monitor since {s.monitor_seen_at:%Y-%m-%d %H:%M} UTC"
+            if s.monitor_seen_at is not None
+            else "no monitor has reported"
+        )
+        reasons.append((3, "down", seen + (f"; {waiting}" if waiting else "")))
+    if s.behind:
+        reasons.append((2, "behind", "its monitor says the backlog keeps growing"))
+    oldest = s.oldest_waiting_at
+    if oldest is not None and s.backlog and now - _as_utc(oldest) >= LAG_WARN and not s.paused:
+        age = int((now - _as_utc(oldest)).total_seconds())
+        reasons.append((2, "behind", f"the oldest image has waited {age // 60} min {age % 60} s"))
+    if s.paused:
+        reasons.append((1, "paused", f"paused by {s.paused_by or 'an operator'}"))
+    if not reasons:
+        reasons.append((0, "ok" if s.state == "up" else "idle", waiting or "nothing waiting"))
+    reasons.sort(key=lambda r: -r[0])
+    s.health = reasons[0][1]
+    s.health_level = {4: "critical", 3: "critical", 2: "warning", 1: "info", 0: "ok"}[reasons[0][0]]
+    s.health_reasons = [r[2] for r in reasons]
+    return s
+
+
+@dataclass(frozen=True)
+class DriftCard:
+    """The newest drift window of one line and camera, and its last alert."""
+
+    line: str | None
+    camera: str | None
+    state: str  # ok, warning, critical
+    hints: list[str]
+    window_end: datetime
+    n: int
+    model_version: str
+    last_alert_at: datetime | None
+
+
+def drift_overview(*, session: Session, limit: int = 200) -> list[DriftCard]:
+    """Per line and camera, the newest ``drift_windows`` row and when it last alerted."""
+    pairs = session.execute(
+        select(DriftWindowRow.line, DriftWindowRow.camera)
+        .distinct()
+        .order_by(DriftWindowRow.line, DriftWindowRow.camera)
+        .limit(limit)
+    ).all()
+    cards = []
+    for line, camera in pairs:
+        same = [
+            DriftWindowRow.line.is_(None) if line is None else DriftWindowRow.line == line,
+            DriftWindowRow.camera.is_(None) if camera is None else DriftWindowRow.camera == camera,
+        ]
+        row = session.scalars(
+            select(DriftWindowRow)
+            .where(*same)
+            .order_by(DriftWindowRow.window_end.desc(), DriftWindowRow.id.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            continue
+        alert = session.scalar(
+            select(func.max(DriftWindowRow.window_end)).where(*same, DriftWindowRow.state != "ok")
+        )
+        cards.append(
+            DriftCard(
+                line=line,
+                camera=camera,
+                state=row.state,
+                hints=[str(h) for h in row.hints or []],
+                window_end=_as_utc(row.window_end),
+                n=row.n,
+                model_version=row.model_version,
+                last_alert_at=_as_utc(alert) if alert is not None else None,
+            )
+        )
+    return cards
 
 
 # --------------------------------------------------------------------------- gallery

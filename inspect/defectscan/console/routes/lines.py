@@ -1,4 +1,10 @@
-"""Lines: every line and camera at a glance, refreshing itself every few seconds (htmx)."""
+"""Lines: every line and camera at a glance, refreshing itself every few seconds (htmx).
+
+Per card: the last image, throughput, fail rates, top classes, the model and the engine its
+monitor runs, the queue (backlog and the age of its oldest item, read from the line's source),
+whether the monitor is up, paused, behind or faulted, and one health word from all of that.
+Below the cards, the drift panel: each camera's newest drift window and its last alert.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,28 @@ from sqlalchemy.orm import Session
 
 from defectscan.console.deps import Principal, current_user, db, state
 from defectscan.console.pages import render
-from defectscan.store.console_queries import lines_overview
+from defectscan.console.queues import line_queue
+from defectscan.store.console_queries import drift_overview, judge_health, lines_overview
 
 router = APIRouter()
 
 
 def _context(request: Request, session: Session) -> dict[str, object]:
     settings = state(request).settings
-    return {"lines": lines_overview(session=session, lines=list(settings.lines))}
+    cards = lines_overview(session=session, lines=list(settings.lines))
+    queues = {line: line_queue(line, settings) for line in {c.line for c in cards}}
+    for card in cards:
+        q = queues[card.line]
+        card.backlog, card.pending, card.oldest_waiting_at = q.backlog, q.pending, q.oldest_at
+        card.backlog_capped, card.queue_note = q.capped, q.note
+        judge_health(card)
+    # ``drift`` is a bool in older plant files' settings, a section with ``enabled`` now.
+    drift_on = bool(getattr(settings.drift, "enabled", settings.drift))
+    return {
+        "lines": cards,
+        "drift_on": drift_on,
+        "drift": drift_overview(session=session) if drift_on else [],
+    }
 
 
 @router.get("/lines")
