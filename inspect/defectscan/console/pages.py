@@ -9,12 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
+from sqlalchemy.orm import Session
 
 from defectscan.console.deps import Principal, state
+from defectscan.store.schema import Inspection
 
-__all__ = ["parse_time", "render"]
+__all__ = ["load_inspection", "parse_time", "render"]
 
 
 def render(
@@ -48,3 +50,13 @@ def parse_time(value: str) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def load_inspection(session: Session, inspection_id: int) -> Inspection:
+    """The inspection with its defects and reviews, or a 404 page that says it does not exist."""
+    from defectscan.store.console_queries import inspection_detail
+
+    found = inspection_detail(inspection_id, session=session)
+    if found is None:
+        raise HTTPException(404, f"inspection {inspection_id} does not exist")
+    return found
