@@ -29,6 +29,7 @@ __all__ = [
     "create_training_run",
     "finish_training_run",
     "mark_reviews_used",
+    "record_training_progress",
     "reviews_for_training",
     "start_training_run",
 ]
@@ -76,6 +77,14 @@ def start_training_run(run_id: int, *, session: Session) -> TrainingRun:
     run.started_at = run.started_at or utcnow()
     session.flush()
     return run
+
+
+def record_training_progress(run_id: int, progress: dict[str, Any], *, session: Session) -> None:
+    """Keep a running run's latest progress in ``metrics["progress"]`` (the console shows it)."""
+    run = _require_run(run_id, session)
+    # A new dict, not an in-place change: the JSON column sees the assignment.
+    run.metrics = {**(run.metrics or {}), "progress": progress}
+    session.flush()
 
 
 def finish_training_run(

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from sqlalchemy import Engine
@@ -47,12 +47,16 @@ from defectscan.store.training_runs import (
     create_training_run,
     finish_training_run,
     mark_reviews_used,
+    record_training_progress,
 )
 from defectscan.training.retrain_data import (
     Holdout,
     build_training_set,
     ensure_holdout,
 )
+
+if TYPE_CHECKING:
+    from defectscan.training.run import ProgressFn, TrainProgress
 
 __all__ = [
     "Holdout",
@@ -257,6 +261,52 @@ def _side_by_side(
     }
 
 
+class _ProgressRecorder:
+    """The train loop's progress callback: a running run's epoch, best validation IoU, elapsed
+    time and estimate of time left, written to ``training_runs.metrics["progress"]`` at most
+    every ``every_s`` seconds (the Models page reads it). A failed write is logged, never
+    raised: progress must not stop training."""
+
+    def __init__(self, run_id: int, sessions: Any, *, every_s: float = 3.0) -> None:
+        self.run_id = run_id
+        self.sessions = sessions
+        self.every_s = every_s
+        self.last: dict[str, Any] | None = None
+        self._val_iou: float | None = None
+        self._written_at = float("-inf")
+
+    def __call__(self, p: TrainProgress) -> None:
+        if p.phase in ("epoch", "done") and p.metrics.get("mean_iou") is not None:
+            self._val_iou = float(p.metrics["mean_iou"])
+        done = p.epoch + 1 if p.phase in ("epoch", "done") else p.epoch
+        part = p.step / p.steps if p.phase == "step" and p.steps else 0.0
+        fraction = min(1.0, (done + part) / p.epochs) if p.epochs else 0.0
+        self.last = {
+            "phase": p.phase,
+            "epoch": min(done + (p.phase in ("start", "step")), p.epochs),
+            "epochs": p.epochs,
+            "epochs_done": done,
+            "step": p.step,
+            "steps": p.steps,
+            "fraction": round(fraction, 4),
+            "loss": p.loss,
+            "val_iou": self._val_iou,
+            "best_val_iou": p.best_score,
+            "elapsed_s": round(p.elapsed_s, 1),
+            "eta_s": round(p.elapsed_s * (1 - fraction) / fraction, 1) if fraction > 0 else None,
+            "updated_at": datetime.now(UTC).isoformat(),
+        }
+        now = time.monotonic()
+        if p.phase not in ("start", "done") and now - self._written_at < self.every_s:
+            return
+        self._written_at = now
+        try:
+            with self.sessions.begin() as session:
+                record_training_progress(self.run_id, self.last, session=session)
+        except Exception:  # the database may be busy or away: training goes on
+            logger.warning("could not record the progress of training run %d", self.run_id)
+
+
 def run_retrain(
     request: RetrainRequest,
     *,
@@ -308,6 +358,7 @@ def run_retrain(
             margin=request.margin,
         )
         timings: dict[str, float] = {}
+        recorder = _ProgressRecorder(run_id, sessions)
         t0 = time.perf_counter()
         try:
             holdout = ensure_holdout(holdout_dir, base=base, fraction=request.holdout_fraction)
@@ -329,7 +380,11 @@ def run_retrain(
                 "seed": seed,
             }
             result, outcome.init = _train_from(
-                start, request, settings={**fixed, "device": device}, parent=champion_before
+                start,
+                request,
+                settings={**fixed, "device": device},
+                parent=champion_before,
+                progress=recorder,
             )
             timings["train"] = time.perf_counter() - t1
             stats.update(n_train=result.n_train, n_val=result.n_val)
@@ -373,7 +428,7 @@ def run_retrain(
                     run_id,
                     session=session,
                     status="succeeded",
-                    metrics=_run_metrics(outcome, result.best_metrics),
+                    metrics=_run_metrics(outcome, result.best_metrics, recorder.last),
                     dataset_stats=stats,
                 )
         except BaseException as exc:
@@ -387,7 +442,7 @@ def run_retrain(
                         run_id,
                         session=session,
                         status="cancelled" if interrupted else "failed",
-                        metrics=_run_metrics(outcome, None),
+                        metrics=_run_metrics(outcome, None, recorder.last),
                         dataset_stats=outcome.dataset_stats or None,
                         error=outcome.error[:2000],
                     )
@@ -432,7 +487,12 @@ def resolve_init(init: str, champion_path: str | None) -> Path | None:
 
 
 def _train_from(
-    start: Path | None, request: RetrainRequest, *, settings: dict[str, Any], parent: str | None
+    start: Path | None,
+    request: RetrainRequest,
+    *,
+    settings: dict[str, Any],
+    parent: str | None,
+    progress: ProgressFn | None = None,
 ) -> tuple[Any, str]:
     """Train the candidate, fine-tuning from ``start`` when it fits; (result, what it began from).
 
@@ -444,20 +504,25 @@ def _train_from(
 
     scratch = {**DEFAULT_RECIPE, **request.recipe, **settings}
     if start is None:
-        return train(TrainConfig(**scratch), parent_version=parent), "scratch"
+        return train(TrainConfig(**scratch), progress=progress, parent_version=parent), "scratch"
     tuned = {**DEFAULT_RECIPE, **fine_tune_recipe(), **request.recipe, **settings, "init": start}
     try:
-        result = train(TrainConfig(**tuned), parent_version=parent)
+        result = train(TrainConfig(**tuned), progress=progress, parent_version=parent)
     except InitMismatchError as exc:
         logger.warning("%s; training from scratch", exc)
-        result = train(TrainConfig(**scratch), parent_version=parent)
+        result = train(TrainConfig(**scratch), progress=progress, parent_version=parent)
         return result, f"scratch ({exc})"
     init_from = result.spec.metrics.get("init_from") or {}
     return result, f"fine-tuned from {init_from.get('version', start.name)}"
 
 
-def _run_metrics(outcome: RetrainOutcome, training: dict[str, float] | None) -> dict[str, Any]:
+def _run_metrics(
+    outcome: RetrainOutcome,
+    training: dict[str, float] | None,
+    progress: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
+        "progress": progress,
         "candidate": outcome.candidate,
         "champion_before": outcome.champion_before,
         "champion_after": outcome.champion_after,

@@ -1,12 +1,16 @@
 """Models: versions with lineage, metrics and gate decisions; promote (through the gate on the
-fixed holdout, or forced with a reason), roll back; training runs; the Retrain button.
+fixed holdout, or forced with a reason), roll back; training runs with their status, progress
+(epoch k of n, best validation IoU so far, elapsed, time left) and result; the Retrain button.
+While a run is running the runs table refreshes itself (htmx) from ``/models/runs``.
 
 Promote and rollback call the functions ``defectscan models promote|rollback`` calls.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
@@ -28,6 +32,48 @@ def _holdout(request: Request) -> Path:
     return Path(state(request).settings.var_dir) / "retrain" / "holdout"
 
 
+def _seconds(later: datetime, earlier: datetime | None) -> float | None:
+    if earlier is None:
+        return None
+    if earlier.tzinfo is None:
+        earlier = earlier.replace(tzinfo=UTC)
+    return max(0.0, (later - earlier).total_seconds())
+
+
+def _run_view(run: Any, now: datetime) -> dict[str, Any]:
+    """What the runs table shows of one training run: its progress and its result."""
+    metrics = run.metrics or {}
+    progress = metrics.get("progress") or {}
+    running = run.status == "running"
+    left = None
+    if running and progress.get("eta_s") is not None:
+        try:
+            updated = datetime.fromisoformat(str(progress.get("updated_at")))
+        except ValueError:
+            updated = now
+        left = max(0.0, float(progress["eta_s"]) - (_seconds(now, updated) or 0.0))
+    best = progress.get("best_val_iou")
+    if best is None:
+        best = (metrics.get("validation") or {}).get("mean_iou")
+    end = now if running else (run.finished_at or now)
+    if end.tzinfo is None:
+        end = end.replace(tzinfo=UTC)
+    return {
+        "run": run,
+        "running": running,
+        "progress": progress,
+        "best_val_iou": best,
+        "elapsed_s": _seconds(end, run.started_at or run.created_at),
+        "left_s": left,
+    }
+
+
+def _runs_context(session: Session) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    views = [_run_view(r, now) for r in recent_training_runs(session=session)]
+    return {"runs": views, "any_running": any(v["running"] for v in views)}
+
+
 def _back(msg: str = "", error: str = "") -> Response:
     q = f"msg={quote(msg)}" if msg else f"error={quote(error)}"
     return RedirectResponse(f"/models?{q}", status_code=303)
@@ -44,11 +90,19 @@ def models_page(
         "models.html",
         {
             "versions": list_model_versions(session=session),
-            "runs": recent_training_runs(session=session),
             "holdout": holdout if holdout.is_dir() else None,
+            **_runs_context(session),
         },
         user=user,
     )
+
+
+@router.get("/models/runs")
+def training_runs_table(
+    request: Request, user: Principal = Depends(current_user), session: Session = Depends(db)
+) -> Response:
+    """The training runs table alone (what the page's refresh swaps in while a run runs)."""
+    return render(request, "_training_runs.html", _runs_context(session), user=user)
 
 
 @router.post("/models/{version}/promote")
