@@ -868,6 +868,8 @@ class TrendRow:
     inspections: int = 0
     rejected: int = 0
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    #: Failed parts per defect class (a part failed with two classes counts for each).
+    fails_by_class: dict[str, int] = field(default_factory=dict)
     defect_rate_by_class: dict[str, float] = field(default_factory=dict)
     latency_p95_ms: float | None = None
 
@@ -875,7 +877,8 @@ class TrendRow:
 def trends(
     *, session: Session, line: str | None, since: datetime, until: datetime | None = None
 ) -> list[TrendRow]:
-    """Per hour: inspections, rejects by reason, defect rate by class, p95 capture-to-commit."""
+    """Per hour: inspections, rejected inputs by error kind, failed parts by defect class,
+    defect rate by class, p95 capture-to-commit (hours without any row are left out)."""
     _aware(since, "since")
     rows: dict[datetime, TrendRow] = {}
 
@@ -902,6 +905,13 @@ def trends(
             r.rejected += int(n)
             reason = kind or "unknown"
             r.rejects_by_reason[reason] = r.rejects_by_reason.get(reason, 0) + int(n)
+    for h, class_name, n in session.execute(
+        select(hour, Defect.class_name, func.count(func.distinct(Inspection.id)))
+        .join(Defect, Defect.inspection_id == Inspection.id)
+        .where(*conditions, Inspection.status == "ok", Inspection.verdict == "fail")
+        .group_by(hour, Defect.class_name)
+    ):
+        row(h).fails_by_class[class_name] = int(n)
     for rate in defect_rates(session=session, since=since, until=until, line=line):
         row(rate.hour).defect_rate_by_class[rate.class_name] = rate.rate
     mhour = _hour(session, RunMetric.window_start).label("hour")

@@ -1,5 +1,10 @@
 """Trends: per line and hour, defect rate by class, throughput, p95 capture-to-commit, rejects by
-reason, over 24 hours or 7 days (drawn as server-side SVG: no script, no plot library)."""
+reason, over 24 hours or 7 days (drawn as server-side SVG: no script, no plot library).
+
+Rejects by reason is a series per reason: failed parts by the class of their defects
+(``fail: scratch``) and inputs refused before inspection by why (``rejected: decode``). Every
+hour of the span is a point, hours without inspections included (as zeros).
+"""
 
 from __future__ import annotations
 
@@ -14,11 +19,24 @@ from sqlalchemy.orm import Session
 from defectscan.console.deps import Principal, current_user, db, state
 from defectscan.console.pages import render
 from defectscan.report import class_color
-from defectscan.store.console_queries import class_counts, gallery_choices, trends
+from defectscan.store.console_queries import TrendRow, class_counts, gallery_choices, trends
 
 router = APIRouter()
 
 W, H = 720, 140
+#: Colours of the reasons an input was refused (defect classes keep their overlay colours).
+_REJECT_COLORS = ("#d05050", "#b0b0b0", "#e07ad0", "#a0d070", "#70c0c0", "#8080e0")
+
+
+def _every_hour(rows: Sequence[TrendRow], since: datetime, now: datetime) -> list[TrendRow]:
+    """``rows`` with an empty row for every hour of [since, now] that has none."""
+    have = {r.hour: r for r in rows}
+    hour = since.replace(minute=0, second=0, microsecond=0)
+    out = []
+    while hour <= now:
+        out.append(have.get(hour) or TrendRow(hour=hour))
+        hour += timedelta(hours=1)
+    return out
 
 
 def _series(values: Sequence[float | None], top: float) -> str:
@@ -38,8 +56,10 @@ def trends_page(
     lines = sorted(set(choices["lines"]) | set(state(request).settings.lines))
     line = str(q.get("line") or (lines[0] if lines else ""))[:64] or None
     span = "7d" if q.get("span") == "7d" else "24h"
-    since = datetime.now(UTC) - (timedelta(days=7) if span == "7d" else timedelta(hours=24))
-    rows = trends(session=session, line=line, since=since)
+    now = datetime.now(UTC)
+    since = now - (timedelta(days=7) if span == "7d" else timedelta(hours=24))
+    found = trends(session=session, line=line, since=since)
+    rows = _every_hour(found, since, now) if found else []
     classes = class_counts(rows)
     charts: list[dict[str, Any]] = []
     if rows:
@@ -76,18 +96,42 @@ def trends_page(
                 "lines": [("p95", "#e0a040", _series(p95, top_p95))],
             }
         )
-        rej = [float(r.rejected) for r in rows]
+        color_of = {
+            name: "#{2:02x}{1:02x}{0:02x}".format(*class_color(k + 1))
+            for k, name in enumerate(classes)
+        }
+        failed = sorted({c for r in rows for c in r.fails_by_class})
+        refused = sorted({k for r in rows for k in r.rejects_by_reason})
+        series = [
+            (
+                f"fail: {c}",
+                color_of.get(c, "#4aa3df"),
+                [float(r.fails_by_class.get(c, 0)) for r in rows],
+            )
+            for c in failed
+        ] + [
+            (
+                f"rejected: {k}",
+                _REJECT_COLORS[i % len(_REJECT_COLORS)],
+                [float(r.rejects_by_reason.get(k, 0)) for r in rows],
+            )
+            for i, k in enumerate(refused)
+        ]
+        top_rej = max([1.0, *(max(v) for _, _, v in series)])
         charts.append(
             {
-                "title": "rejected inputs per hour",
-                "top": f"{max([1.0, *rej]):.0f}",
-                "lines": [("rejected", "#d05050", _series(rej, max([1.0, *rej])))],
+                "title": "rejects by reason per hour (failed parts by defect class, refused inputs)",
+                "id": "rejects-by-reason",
+                "top": f"{top_rej:.0f}",
+                "lines": [(n, c, _series(v, top_rej)) for n, c, v in series],
             }
         )
     reasons: dict[str, int] = {}
     for r in rows:
+        for k, v in r.fails_by_class.items():
+            reasons[f"fail: {k}"] = reasons.get(f"fail: {k}", 0) + v
         for k, v in r.rejects_by_reason.items():
-            reasons[k] = reasons.get(k, 0) + v
+            reasons[f"rejected: {k}"] = reasons.get(f"rejected: {k}", 0) + v
     return render(
         request,
         "trends.html",
