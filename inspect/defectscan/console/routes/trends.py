@@ -120,7 +120,7 @@ def trends_page(
         top_rej = max([1.0, *(max(v) for _, _, v in series)])
         charts.append(
             {
-                "title": "rejects by reason per hour (failed parts by defect class, refused inputs)",
+                "title": "rejects by reason per hour (failed parts by class, refused inputs)",
                 "id": "rejects-by-reason",
                 "top": f"{top_rej:.0f}",
                 "lines": [(n, c, _series(v, top_rej)) for n, c, v in series],
