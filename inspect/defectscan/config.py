@@ -46,6 +46,7 @@ __all__ = [
     "ArchiveConfig",
     "ConfigIssue",
     "ConsoleConfig",
+    "DriftConfig",
     "EngineConfig",
     "LineConfig",
     "ModelRef",
@@ -310,6 +311,63 @@ class ConsoleConfig(BaseModel):
     )
 
 
+class DriftConfig(BaseModel):
+    """Drift monitoring, the review queue it feeds, and the retrain it may trigger (issue 18).
+
+    ``drift: true`` / ``drift: false`` in a plant file still work: they set ``enabled``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(
+        default=True,
+        description="monitors track drift per camera (features of the same pass) once a "
+        "reference is built with `defectscan drift reference build`",
+    )
+    review_budget: int = Field(
+        default=150, ge=1, description="images the review queue takes per line and day"
+    )
+    review_schedule: str = Field(
+        default="30 2 * * *", description="cron of the review-queue fill (the past 24 hours)"
+    )
+    review_expiry_hours: float = Field(
+        default=72.0, gt=0, description="a queued image waits this long for a reviewer"
+    )
+    novelty_images: int = Field(
+        default=300,
+        ge=0,
+        description="archived images per camera scored for novelty at each fill (0: none)",
+    )
+    retrain_min_reviews: int = Field(
+        default=200, ge=1, description="reviewed post-drift images a drift retrain waits for"
+    )
+    retrain_min_per_class: int = Field(
+        default=20, ge=0, description="...and at least this many for each affected class"
+    )
+    retrain_delay_minutes: float = Field(
+        default=120.0,
+        ge=0,
+        description="a drift retrain is scheduled this far ahead (an engineer may cancel it)",
+    )
+    reference_min_images: int = Field(
+        default=3000,
+        ge=50,
+        description="images a new champion's reference is built from (it waits until then)",
+    )
+
+    _cron = field_validator("review_schedule")(_check_cron)
+
+    def __bool__(self) -> bool:
+        return self.enabled
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return {"enabled": value}
+        return value
+
+
 class LineConfig(BaseModel):
     """One production line: cameras, source, model, engine and post-processing overrides."""
 
@@ -465,13 +523,31 @@ class Settings(BaseSettings):
         ge=0,
         description="INT8 replaces the running engine only when this many times as fast",
     )
+    int8_calibration_tiles: int = Field(
+        default=96,
+        ge=8,
+        description="tiles of the calibration images NNCF collects its ranges on (the cost of "
+        "quantising grows with it)",
+    )
     background_threads: int = Field(
         default=1, ge=1, description="threads (and cores) of background engine exports"
     )
-    drift: bool = Field(
-        default=True,
-        description="monitors track drift per camera (features of the same pass) once a "
-        "reference is built with `defectscan drift reference build`",
+    background_nice: int = Field(
+        default=5,
+        ge=0,
+        le=19,
+        description="how much lower background engine jobs run than inspection: at 5 a job "
+        "takes about a quarter of one core while the line is busy, all idle time otherwise",
+    )
+    background_timeout_s: float = Field(
+        default=1800.0,
+        ge=10.0,
+        description="a background engine job running longer is stopped; the line keeps its "
+        "engine and the job is tried again when the monitor restarts",
+    )
+    drift: DriftConfig = Field(
+        default_factory=DriftConfig,
+        description="drift per camera, the review queue and drift retrains (true/false: on/off)",
     )
     tile_size: int | None = Field(default=None, ge=16)
     overlap: int | None = Field(default=None, ge=0)

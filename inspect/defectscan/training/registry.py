@@ -175,7 +175,7 @@ def evaluate_and_promote(
         )
         raise StoreError(msg)
     if champ is None:
-        set_model_status(ch.version, "champion", session=session)
+        _champion(ch.version, session)
         return PromotionDecision(
             True, ch.version, None, metric, margin, ch_score, None, "no champion yet"
         )
@@ -187,7 +187,7 @@ def evaluate_and_promote(
         or math.isnan(champ_score)
         or _better(ch_score, champ_score, metric, margin)
     ):
-        set_model_status(ch.version, "champion", session=session)
+        _champion(ch.version, session)
         reason = f"{metric} {ch_score:.4f} vs champion {champ_score} (margin {margin})"
         logger.info("promoted %s over %s: %s", ch.version, champ.version, reason)
         return PromotionDecision(
@@ -235,7 +235,7 @@ def promote(
             f"on (--holdout DIR), or --force for an operator decision without the gate"
         )
         raise StoreError(msg)
-    set_model_status(version, "champion", session=session)
+    _champion(version, session)
     return PromotionDecision(
         True,
         version,
@@ -268,9 +268,17 @@ def rollback(*, session: Session, name: str | None = None) -> tuple[ModelVersion
     metrics = dict(current.metrics or {})
     metrics["rolled_back_at"] = utcnow().isoformat()
     current.metrics = metrics
-    set_model_status(target.version, "champion", session=session)
+    _champion(target.version, session)
     logger.info("rolled back %s to %s", current.version, target.version)
     return current, target
+
+
+def _champion(version: str, session: Session) -> None:
+    """Make ``version`` champion, and queue what drift needs of a new champion."""
+    from defectscan.drift.reference_jobs import on_promoted
+
+    set_model_status(version, "champion", session=session)
+    on_promoted(version, session=session)
 
 
 def _aware_ts(value: Any) -> float:
