@@ -7,6 +7,9 @@ them with :func:`prefect.serve`:
   re-inspects the line's parts of the period that ends at the run's *scheduled* time (a run
   that starts late still covers its own period, and consecutive runs tile the day) under the
   current champion and publishes the report; concurrency 1, later runs queued;
+- ``review-queue/review-queue``: on ``drift.review_schedule`` (nightly), fills each line's
+  review queue from the past 24 hours, schedules drift retrains that are due and builds a new
+  champion's drift references (only while ``drift`` is on);
 - ``retrain/retrain``: on ``retrain_schedule`` (cron; operator-only without one), concurrency
   1 with later requests queued (``defectscan retrain`` submits to it).
 
@@ -44,6 +47,7 @@ from defectscan.orchestration import (
 from defectscan.supervisor import Backoff, MonitorSupervisor, event_recorder, monitor_children
 from flows.batch_inspection import batch_inspection
 from flows.retrain import retrain
+from flows.review_queue import review_queue
 
 __all__ = [
     "RETRAIN_DEPLOYMENT",
@@ -109,6 +113,21 @@ def build_deployments(
                     ),
                 )
             )
+    if settings.drift.enabled:
+        out.append(
+            cast(
+                RunnerDeployment,
+                review_queue.to_deployment(
+                    name="review-queue",
+                    cron=settings.drift.review_schedule,
+                    parameters={"hours": 24.0},
+                    concurrency_limit=_one(ConcurrencyLimitStrategy.ENQUEUE),
+                    tags=["defectscan", "review", *owner],
+                    description="Fill the review queue (past 24 h), drift retrains, references",
+                    entrypoint_type=module,
+                ),
+            )
+        )
     out.append(
         cast(
             RunnerDeployment,

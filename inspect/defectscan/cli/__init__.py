@@ -20,7 +20,19 @@ from typing import Annotated
 import typer
 
 from defectscan import __version__
-from defectscan.cli import db, demo, drift, export, flows, models, monitor, ops, training, users
+from defectscan.cli import (
+    db,
+    demo,
+    drift,
+    export,
+    flows,
+    models,
+    monitor,
+    ops,
+    review,
+    training,
+    users,
+)
 from defectscan.cli import inspect as inspect_commands
 from defectscan.cli.common import CliUsageError, err_console
 from defectscan.errors import DefectscanError
@@ -73,6 +85,7 @@ export.register(app)
 flows.register(app)
 training.register(app)
 models.register(app)
+review.register(app)
 users.register(app)
 drift.register(app)
 

@@ -200,16 +200,66 @@ def replay_cmd(
     console.print(table)
 
 
+def _estimates(session: Any, line: str | None, days: float) -> list[dict[str, Any]]:
+    """Escape and false-reject rates per line from the review queue's random strata."""
+    from collections import defaultdict
+    from datetime import UTC, datetime, timedelta
+
+    from defectscan.drift.review_sampling import estimate_rate
+    from defectscan.store.review_queue import random_strata_rows
+
+    since = datetime.now(UTC) - timedelta(days=days)
+    by_line: dict[str | None, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    for r in random_strata_rows(session=session, line=line, since=since):
+        item_line = r.batch.rsplit("@", 1)[0]
+        by_line[None if item_line == "-" else item_line][r.stratum].append(
+            (r.batch, r.inclusion_probability, r.population, r.model_wrong)
+        )
+    out = []
+    for name in sorted(by_line, key=str):
+        row: dict[str, Any] = {"line": name, "days": days}
+        for key, stratum in (("escape", "random_pass"), ("false_reject", "random_fail")):
+            e = estimate_rate(by_line[name][stratum])
+            row[key] = {
+                "rate": e.rate,
+                "ci95": None if e.rate is None else [e.low, e.high],
+                "n": e.reviewed,
+                "picked": e.picked,
+                "population": e.population,
+            }
+        out.append(row)
+    return out
+
+
+def _pct(d: dict[str, Any]) -> str:
+    if d["rate"] is None:
+        return f"- (0 of {d['picked']} reviewed)"
+    low, high = d["ci95"]
+    return (
+        f"{100 * d['rate']:.2f}% [{100 * low:.2f}, {100 * high:.2f}] "
+        f"(n={d['n']} of {d['picked']} picked, {d['population']} images)"
+    )
+
+
 @drift_app.command("status")
 def status_cmd(
     line: LineOpt = None,
     windows: Annotated[
         int, typer.Option("--windows", min=1, help="Newest windows shown per camera.")
     ] = 1,
+    days: Annotated[
+        float,
+        typer.Option("--days", min=1, help="Days of review-queue picks the estimates use."),
+    ] = 30.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the windows as JSON.")] = False,
     db: DbUrlOpt = None,
 ) -> None:
-    """The newest drift windows of every camera: state, statistics over threshold, hints."""
+    """The newest drift windows of every camera, and the line's escape and false-reject rates.
+
+    The rates are Horvitz-Thompson estimates from the review queue's random strata (random
+    passes: escapes; random fails: false rejects) with a 95% interval; a pick not reviewed yet
+    is not a label: the reviewed picks of a fill stand for all its picks (a random subsample).
+    """
     from defectscan.store.drift_rows import latest_drift_windows
 
     with _session(db) as session:
@@ -227,24 +277,98 @@ def status_cmd(
             }
             for r in latest_drift_windows(session=session, line=line, per_camera=windows)
         ]
+        estimates = _estimates(session, line, days)
+    if as_json:
+        typer.echo(json.dumps({"windows": rows, "estimates": estimates}))
+        return
+    if not rows:
+        console.print("no drift windows yet")
+    else:
+        table = Table("line", "camera", "window end", "images", "state", "over threshold", "hints")
+        for r in rows:
+            table.add_row(
+                r["line"] or "-",
+                r["camera"] or "-",
+                r["window_end"][:19],
+                str(r["n"]),
+                r["state"],
+                ", ".join(f"{k} {v:.1f}x" for k, v in sorted(r["over"].items())) or "-",
+                "; ".join(r["hints"]) or "-",
+            )
+        console.print(table)
+    if estimates:
+        est = Table("line", "escape rate (95% CI)", "false-reject rate (95% CI)")
+        for e in estimates:
+            est.add_row(e["line"] or "-", _pct(e["escape"]), _pct(e["false_reject"]))
+        console.print(est)
+
+
+@drift_app.command("confirm")
+def confirm_cmd(
+    event: Annotated[int, typer.Argument(help="The drift event's id (warning or critical).")],
+    by: Annotated[str, typer.Option("--by", help="The engineer confirming it.")],
+    note: Annotated[str | None, typer.Option("--note", help="Why (kept with it).")] = None,
+    db: DbUrlOpt = None,
+) -> None:
+    """Confirm a drift alert: once enough post-drift images are reviewed, a retrain follows."""
+    from defectscan.drift.retrain_trigger import confirm_alert
+
+    with _session(db) as session:
+        row = confirm_alert(event, session=session, by=by, note=note)
+        console.print(f"drift alert {event} confirmed (event {row.id})")
+
+
+@drift_app.command("retrain-cancel")
+def retrain_cancel_cmd(
+    flow_run: Annotated[str, typer.Argument(help="The scheduled retrain's flow run id.")],
+) -> None:
+    """Cancel a retrain a drift alert scheduled (before it starts)."""
+    from defectscan.drift.retrain_trigger import cancel_scheduled_retrain
+    from defectscan.orchestration import prefect_server_reachable
+
+    if not prefect_server_reachable():
+        msg = "no Prefect server answers at PREFECT_API_URL: the retrain runs are kept there"
+        raise CliUsageError(msg)
+    console.print(f"flow run {flow_run}: {cancel_scheduled_retrain(flow_run)}")
+
+
+@reference_app.command("pending")
+def reference_pending_cmd(
+    build: Annotated[
+        bool, typer.Option("--build", help="Build those with enough archived images now.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+    db: DbUrlOpt = None,
+) -> None:
+    """Champions' cameras without a drift reference yet (queued at promotion)."""
+    from defectscan.drift.reference_jobs import (
+        build_references_from_settings,
+        pending_references,
+    )
+
+    if build:
+        from defectscan.config import get_settings
+
+        settings = get_settings()
+        if db:
+            settings = settings.model_copy(update={"database_url": db})
+        rows = build_references_from_settings(settings)
+    else:
+        with _session(db) as session:
+            rows = [
+                {"model_version": p.model_version, "line": p.line, "camera": p.camera}
+                for p in pending_references(session=session)
+            ]
     if as_json:
         typer.echo(json.dumps(rows))
         return
     if not rows:
-        console.print("no drift windows yet")
-        return
-    table = Table("line", "camera", "window end", "images", "state", "over threshold", "hints")
+        console.print("every champion's camera has a drift reference")
     for r in rows:
-        table.add_row(
-            r["line"] or "-",
-            r["camera"] or "-",
-            r["window_end"][:19],
-            str(r["n"]),
-            r["state"],
-            ", ".join(f"{k} {v:.1f}x" for k, v in sorted(r["over"].items())) or "-",
-            "; ".join(r["hints"]) or "-",
+        console.print(
+            f"{r['model_version']} line {r['line'] or '-'} camera {r['camera'] or '-'}"
+            + (f": {r['state']} ({r['images']} images)" if "state" in r else ": pending")
         )
-    console.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -202,16 +202,17 @@ def review_cmd(
     db: DbUrlOpt = None,
 ) -> None:
     """Record an operator's review of an inspection; it becomes training data for the next run."""
+    from defectscan.store.review_queue import mark_reviewed
     from defectscan.training.reviews import record_review
 
     with _session(db) as session:
         review = record_review(
             inspection, verdict, session=session, mask=mask, operator=operator, note=note
         )
+        mark_reviewed(inspection, session=session, review_id=review.id)
         console.print(f"review {review.id} recorded for inspection {inspection} ({verdict})")
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``review`` and ``models`` to ``app``."""
-    app.command("review")(review_cmd)
+    """Add ``models`` to ``app`` (``review`` is :mod:`defectscan.cli.review`)."""
     app.add_typer(models_app, name="models")

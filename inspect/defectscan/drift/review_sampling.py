@@ -36,6 +36,8 @@ __all__ = [
     "STRATUM_SHARES",
     "Candidate",
     "Pick",
+    "RateEstimate",
+    "estimate_rate",
     "horvitz_thompson",
     "select_for_review",
     "stratum_budgets",
@@ -250,11 +252,77 @@ def horvitz_thompson(
     """Estimated share of ``population`` with label True, from a random stratum's picks.
 
     ``labels``: the reviewers' answer per sha256 (True: defective for ``random_pass``, good
-    for ``random_fail``); ``population``: that day's passes (fails) on the line. Picks not
-    reviewed yet are left out (None when none is reviewed).
+    for ``random_fail``); ``population``: that day's passes (fails) on the line.
+
+    Picks not reviewed yet are not labels, and not zeros either: the reviewed ones are taken
+    as a simple random subsample of the stratum's picks (a third sampling stage; the queue
+    serves a fill's items in a shuffled order, so which get reviewed first does not depend on
+    their labels), so each reviewed pick's probability is ``pi * reviewed / picked``. None
+    when none is reviewed.
     """
-    reviewed = [p for p in picks if p.stratum == stratum and p.sha256 in labels]
+    chosen = [p for p in picks if p.stratum == stratum]
+    reviewed = [p for p in chosen if p.sha256 in labels]
     if not reviewed or population <= 0:
         return None
-    total = sum(float(labels[p.sha256]) / p.inclusion_probability for p in reviewed)
+    scale = len(reviewed) / len(chosen)
+    total = sum(float(labels[p.sha256]) / (p.inclusion_probability * scale) for p in reviewed)
     return total / population
+
+
+@dataclass(frozen=True)
+class RateEstimate:
+    """A Horvitz-Thompson rate with its 95% interval, and what it rests on."""
+
+    rate: float | None
+    low: float | None
+    high: float | None
+    reviewed: int  # labelled picks the estimate uses
+    picked: int  # picks of the stratum (reviewed or not)
+    population: int  # images the fills with reviews sampled from
+
+
+def estimate_rate(
+    rows: Iterable[tuple[str, float, int, bool | None]], *, z: float = 1.96
+) -> RateEstimate:
+    """One random stratum over several fills: ``(fill, pi, population, model_wrong)`` rows.
+
+    Per fill, the reviewed picks are a random subsample of its picks (see
+    :func:`horvitz_thompson`); fills with no review yet are left out of both the numerator and
+    the population (their day is simply not measured yet). The variance is the with-replacement
+    approximation summed over fills; the interval is Wilson's at the design's effective sample
+    size (``rate (1 - rate) / variance``, the reviewed count when no error was seen), so that
+    zero escapes in 40 reviews still gives an upper bound, not ``[0, 0]``.
+    """
+    fills: dict[str, list[tuple[float, int, bool | None]]] = defaultdict(list)
+    for fill, pi, population, wrong in rows:
+        fills[fill].append((pi, population, wrong))
+    picked = sum(len(v) for v in fills.values())
+    total = var = 0.0
+    pop = reviewed = 0
+    for items in fills.values():
+        labelled = [(pi, y) for pi, _, y in items if y is not None]
+        r = len(labelled)
+        if r == 0:
+            continue
+        scale = r / len(items)
+        values = [float(y) / (pi * scale) for pi, y in labelled]
+        t = sum(values)
+        total += t
+        pop += items[0][1]
+        reviewed += r
+        if r > 1:
+            mean = t / r
+            var += r / (r - 1) * sum((v - mean) ** 2 for v in values)
+    if reviewed == 0 or pop <= 0:
+        return RateEstimate(None, None, None, 0, picked, 0)
+    rate = min(1.0, total / pop)
+    variance = var / pop**2
+    n_eff = rate * (1 - rate) / variance if variance > 0 and 0 < rate < 1 else float(reviewed)
+    n_eff = max(1.0, min(n_eff, float(pop)))
+    centre = (rate + z * z / (2 * n_eff)) / (1 + z * z / n_eff)
+    half = (z / (1 + z * z / n_eff)) * math.sqrt(
+        rate * (1 - rate) / n_eff + z * z / (4 * n_eff * n_eff)
+    )
+    return RateEstimate(
+        rate, max(0.0, centre - half), min(1.0, centre + half), reviewed, picked, pop
+    )

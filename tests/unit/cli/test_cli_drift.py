@@ -51,7 +51,9 @@ def test_build_replay_and_status(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
     code, out, err = run_cli(["drift", "status", "--json", "--db", db], capsys)
     assert code == 0, err
-    (row,) = json.loads(out)
+    status = json.loads(out)
+    (row,) = status["windows"]
+    assert status["estimates"] == []  # no review-queue picks yet
     assert (row["line"], row["camera"], row["state"]) == ("line1", "cam1", windows[-1]["state"])
     code, out, err = run_cli(["drift", "status", "--db", db], capsys)
     assert code == 0
