@@ -134,14 +134,16 @@ def _background_job(work: Path, model: Path, calib: Path, parity: Path, tile: in
 
     env = dict(os.environ)
     env["DEFECTSCAN_VAR_DIR"] = str(work / "background-var")
-    threads = str(get_settings().background_threads)
+    settings = get_settings()
+    threads = str(settings.background_threads)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = threads
     return subprocess.Popen(
         [sys.executable, "-m", "defectscan.model.quantise", "int8", "--checkpoint", str(model),
          "--status", str(work / "background-status.json"), "--tile", str(tile),
          "--calibration", str(calib), "--parity", str(parity), "--threads", threads,
-         "--nice", "10"],
+         "--calibration-limit", str(settings.int8_calibration_tiles),
+         "--nice", str(settings.background_nice)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 

@@ -96,10 +96,12 @@ class EngineOptions:
     int8: bool = True
     calibration_images: int = 24
     parity_images: int = 8
+    calibration_tiles: int = 96
     parity_mean_abs: float | None = None
     min_speedup: float = 1.0
     threads: int = 1
-    nice: int = 10
+    nice: int = 5
+    timeout_s: float = 1800.0
     precision: str = "auto"
     retry_int8: bool = False
 
@@ -124,9 +126,12 @@ class EngineOptions:
             int8=int8,
             calibration_images=settings.int8_calibration_images,
             parity_images=settings.int8_parity_images,
+            calibration_tiles=settings.int8_calibration_tiles,
             parity_mean_abs=settings.int8_parity_mean_abs,
             min_speedup=settings.int8_min_speedup,
             threads=settings.background_threads,
+            nice=settings.background_nice,
+            timeout_s=settings.background_timeout_s,
             precision=engine.precision,
             retry_int8=retry_int8,
         )
@@ -289,6 +294,7 @@ class EngineUpgrader:
         self._attached_at = time.monotonic()
         self._proc: subprocess.Popen[bytes] | None = None
         self._job: tuple[str, Path] | None = None
+        self._job_started = 0.0
         self._fp32_todo = False
         self._gathering = False
         self._check_int8_cached = False
@@ -364,6 +370,8 @@ class EngineUpgrader:
             swapped = self._evaluate(inspector, ["openvino-int8"], flow_run_id, int8=True)
         if self._proc is not None:
             if self._proc.poll() is None:
+                if time.monotonic() - self._job_started > self.options.timeout_s:
+                    self._timed_out(flow_run_id)
                 return swapped
             swapped = self._finished(inspector, flow_run_id) or swapped
         if self._proc is None:
@@ -540,6 +548,7 @@ class EngineUpgrader:
         ]
         if kind == "int8":
             cmd += ["--calibration", str(calib), "--parity", str(parity)]
+            cmd += ["--calibration-limit", str(self.options.calibration_tiles)]
             if self.options.parity_mean_abs is not None:
                 cmd += ["--parity-mean-abs", repr(self.options.parity_mean_abs)]
         env = dict(os.environ)
@@ -554,9 +563,32 @@ class EngineUpgrader:
                 cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         self._job = (kind, status)
+        self._job_started = time.monotonic()
         logger.info(
             "background %s job started for %s (pid %d)", kind, self._sha[:12], self._proc.pid
         )
+
+    def _timed_out(self, flow_run_id: str | None) -> None:
+        """Stop a job that ran past ``timeout_s``; the running engine stays.
+
+        No failure marker is left: the job is tried again when the monitor restarts (a
+        machine that was too busy for it may not be next time), never in this process.
+        """
+        assert self._job is not None
+        kind = self._job[0]
+        self.close()  # terminates the job and releases the model's lock
+        self._job = None
+        message = (
+            f"background {kind} engine job stopped after {self.options.timeout_s:.0f} s "
+            "(background_timeout_s): the line keeps its engine; the job runs again when the "
+            "monitor restarts"
+        )
+        logger.warning(message)
+        self._event("engine_job_timeout", message, "warning", flow_run_id, {"job": kind})
+        if kind == "int8":
+            self._set_state("failed")
+        else:  # the fp32 engines stay missing; INT8 may still come
+            self._set_state("gathering" if self._gathering else "off")
 
     def _finished(self, inspector: Inspector, flow_run_id: str | None) -> bool:
         assert self._proc is not None

@@ -175,13 +175,16 @@ def quantise_int8(
     parity: str | Path,
     tile: int | None = None,
     parity_mean_abs: float | None = None,
-    calibration_limit: int = 300,
+    calibration_limit: int = 96,
+    parity_limit: int = 32,
 ) -> dict[str, Any]:
     """Quantise to INT8 on ``calibration``, check parity on ``parity``, cache it or mark it.
 
     The engine goes to the cache folder of this checkpoint and CPU model; when its parity
     fails (or the export itself fails) the failure marker is written and the engine is never
-    loaded.
+    loaded. Its cost is mostly NNCF's statistics (one pass per calibration tile) and the
+    eager fp32 torch reference of parity (one pass per parity tile, the slowest engine):
+    ``calibration_limit`` and ``parity_limit`` bound both, spread over every image given.
     """
     from defectscan.model.backends import cpu_model
     from defectscan.model.checkpoint import load_checkpoint
@@ -197,7 +200,7 @@ def quantise_int8(
     t0 = time.perf_counter()
     out: dict[str, Any] = {"kind": "int8", "sha256": ckpt.sha256, "tile": tile, "ok": False}
     try:
-        parity_tiles = calibration_tiles(parity, ckpt.spec, tile=tile, limit=64)
+        parity_tiles = calibration_tiles(parity, ckpt.spec, tile=tile, limit=parity_limit)
         exported = export_model(
             ckpt.model,
             ckpt.spec,
@@ -251,8 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", default=None)
     parser.add_argument("--parity", default=None)
     parser.add_argument("--parity-mean-abs", type=float, default=None)
+    parser.add_argument("--calibration-limit", type=int, default=96, help="tiles NNCF sees")
+    parser.add_argument("--parity-limit", type=int, default=32, help="tiles parity checks")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--nice", type=int, default=10)
+    parser.add_argument("--nice", type=int, default=5)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     limit_resources(max(1, args.threads), args.nice)
@@ -270,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                 parity=args.parity,
                 tile=args.tile,
                 parity_mean_abs=args.parity_mean_abs,
+                calibration_limit=args.calibration_limit,
+                parity_limit=args.parity_limit,
             )
     except Exception as exc:  # the monitor reads the outcome; a traceback helps nobody there
         log.exception("background %s job failed", args.kind)

@@ -215,6 +215,46 @@ def test_int8_failing_parity_keeps_fp32_is_recorded_and_not_retried(
     asked.close()
 
 
+def test_a_background_job_past_its_timeout_is_stopped_and_the_line_keeps_its_engine(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    camera = tmp_path / "camera"
+    model = oracle_checkpoint(tmp_path / "oracle.safetensors")
+    write_parts(camera, 12)
+    # No job can finish in no time (the process alone takes seconds to import torch): each
+    # one is stopped at the first look after it started, the fp32 exports and then INT8.
+    options = EngineOptions(**SMALL, timeout_s=0.0)  # type: ignore[arg-type]
+    monitor = _monitor(sqlite_url, camera, model, options)
+    upgrader = monitor.engines
+    assert upgrader is not None
+    procs = []
+
+    def stopped_twice() -> bool:
+        if upgrader._proc is not None and upgrader._proc not in procs:
+            procs.append(upgrader._proc)
+        return len(_events(monitor, "engine_job_timeout")) == 2
+
+    _run_until(monitor, stopped_twice, timeout=120)
+    timeouts = _events(monitor, "engine_job_timeout")[::-1]  # oldest first
+    assert [t["details"]["job"] for t in timeouts] == ["fp32", "int8"]  # type: ignore[index]
+    assert all(t["level"] == "warning" for t in timeouts)
+    assert upgrader.state == "failed"
+    assert upgrader.settled
+    assert len(procs) == 2
+    assert all(p.poll() is not None for p in procs)  # both processes are gone
+    assert engine_label(monitor.models.inspector.backend) == "torch"  # the line went on
+    assert rows(sqlite_url)[0][0] == 12
+    sha = monitor.models.inspector.checkpoint.sha256  # type: ignore[union-attr]
+    assert not failure_marker(sha, 64).exists()  # a timeout is not a parity failure
+    monitor.close()
+    # A restart tries again (the pool it gathered is kept): INT8 is quantising at once.
+    again = _monitor(sqlite_url, camera, model, EngineOptions(**SMALL))  # type: ignore[arg-type]
+    again.step()
+    assert again.engines is not None
+    assert again.engines.state in ("exporting", "quantising")
+    again.close()
+
+
 def _plant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> tuple[str, Path]:
     camera = tmp_path / "camera"
     write_parts(camera, 12)
