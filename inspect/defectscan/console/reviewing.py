@@ -1,9 +1,13 @@
-"""A console review: accept or overrule, class changes, a painted mask, a comment.
+"""A console review: accept or overrule, class changes, a painted mask, a comment; the queue.
 
 The inspection row is never edited: everything goes into a new ``reviews`` row (who, when,
 decision, the corrected mask as a PNG of the image's size, and in ``details`` the reviewer's
 verdict, the class changes and the defects recomputed from the mask by the same
-post-processing the pipeline uses).
+post-processing the pipeline uses). Saving it marks the image's review-queue item done.
+
+The queue (:func:`queue_entries`, :func:`next_inspection`) serves the filled ``review_queue``
+(``defectscan review fill``, the nightly flow) while it has open items for the line, and
+falls back to today's ordering (close calls, fails, a sample of passes) when it is empty.
 """
 
 from __future__ import annotations
@@ -19,10 +23,20 @@ from sqlalchemy.orm import Session
 from defectscan.console.images import class_map_from_defects, decode_rle, mask_png
 from defectscan.errors import DefectscanError
 from defectscan.postprocess import PostprocessConfig, postprocess
+from defectscan.store.review_queue import mark_reviewed
 from defectscan.store.schema import Inspection, Review
 from defectscan.training.reviews import record_review
 
-__all__ = ["ReviewInput", "ReviewRefusedError", "defects_of_mask", "save_review"]
+__all__ = [
+    "WHY",
+    "QueueEntry",
+    "ReviewInput",
+    "ReviewRefusedError",
+    "defects_of_mask",
+    "next_inspection",
+    "queue_entries",
+    "save_review",
+]
 
 MAX_COMMENT = 4000
 
@@ -171,4 +185,98 @@ def save_review(
         )
     review.details = details
     session.flush()
+    mark_reviewed(inspection.id, session=session, review_id=review.id)
     return review
+
+
+# --------------------------------------------------------------------------- the review queue
+
+#: What the queue page says for each reason an image is there.
+WHY = {
+    "close_call": "close call",
+    "novelty": "novel image",
+    "class_balance": "class balance",
+    "random_pass": "random pass",
+    "random_fail": "random fail",
+    "flagged": "flagged",
+    "close": "close call",
+    "fail": "fail",
+    "pass": "sampled pass",
+}
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One image of the console's review queue."""
+
+    id: int  # the inspection
+    line: str | None
+    camera: str | None
+    verdict: str | None
+    score: float
+    why: str
+    queue_item: int | None = None  # the review_queue row (None: today's ordering)
+
+
+def queue_entries(
+    *, session: Session, line: str | None = None, limit: int = 50
+) -> tuple[bool, list[QueueEntry]]:
+    """``(from_queue, entries)``: the filled review queue's open items for ``line`` when it has
+    any, else today's ordering (close calls, fails, a sample of passes)."""
+    from sqlalchemy import select
+
+    from defectscan.store.console_queries import review_queue
+    from defectscan.store.review_queue import has_open_items, open_queue_items
+
+    if has_open_items(session=session, line=line):
+        items = open_queue_items(session=session, line=line, limit=limit)
+        verdicts = dict(
+            session.execute(
+                select(Inspection.id, Inspection.verdict).where(
+                    Inspection.id.in_([it.inspection_id for it in items])
+                )
+            ).all()
+        )
+        return True, [
+            QueueEntry(
+                it.inspection_id,
+                it.line,
+                it.camera,
+                verdicts.get(it.inspection_id),
+                float(it.score),
+                WHY.get(it.stratum, it.stratum),
+                it.id,
+            )
+            for it in items
+        ]
+    return False, [
+        QueueEntry(q.id, q.line, None, q.verdict, q.peak, WHY.get(q.kind, q.kind))
+        for q in review_queue(session=session, line=line, limit=limit)
+    ]
+
+
+def next_inspection(
+    *, session: Session, line: str | None = None, after: int | None = None
+) -> int | None:
+    """The inspection to review next, after inspection ``after`` (skipped if still open)."""
+    from sqlalchemy import select
+
+    from defectscan.store.console_queries import review_queue
+    from defectscan.store.review_queue import has_open_items, next_queue_item
+    from defectscan.store.schema import ReviewQueueItem
+
+    if has_open_items(session=session, line=line):
+        after_item = None
+        if after is not None:
+            after_item = session.scalars(
+                select(ReviewQueueItem.id).where(
+                    ReviewQueueItem.inspection_id == after, ReviewQueueItem.state == "open"
+                )
+            ).first()
+        item = next_queue_item(session=session, line=line, after_id=after_item)
+        if item is not None:
+            return int(item.inspection_id)
+    ids = [q.id for q in review_queue(session=session, line=line)]
+    if after is not None and after in ids:
+        ids = ids[ids.index(after) + 1 :]
+    return ids[0] if ids else None

@@ -14,22 +14,20 @@ from sqlalchemy.orm import Session
 
 from defectscan.console.deps import Principal, client_ip, csrf, current_user, db, state
 from defectscan.console.images import class_map_from_defects, encode_rle, read_mask_png
-from defectscan.console.pages import render
-from defectscan.console.reviewing import ReviewInput, ReviewRefusedError, save_review
+from defectscan.console.pages import load_inspection, render
+from defectscan.console.reviewing import (
+    ReviewInput,
+    ReviewRefusedError,
+    next_inspection,
+    queue_entries,
+    save_review,
+)
 from defectscan.errors import DefectscanError
 from defectscan.report import class_color
-from defectscan.store.console_queries import inspection_detail, peak_score, review_queue
+from defectscan.store.console_queries import peak_score
 from defectscan.store.console_users import audit
-from defectscan.store.schema import Inspection
 
 router = APIRouter()
-
-
-def _inspection(session: Session, inspection_id: int) -> Inspection:
-    found = inspection_detail(inspection_id, session=session)
-    if found is None:
-        raise HTTPException(404, f"inspection {inspection_id} does not exist")
-    return found
 
 
 def _hex(bgr: tuple[int, int, int]) -> str:
@@ -45,7 +43,7 @@ def review_page(
     session: Session = Depends(db),
 ) -> Response:
     """The review page (read-only for a viewer)."""
-    insp = _inspection(session, inspection_id)
+    insp = load_inspection(session, inspection_id)
     names = [str(n) for n in insp.model_version.class_names]
     return render(
         request,
@@ -70,7 +68,7 @@ def review_mask(
     session: Session = Depends(db),
 ) -> Response:
     """The mask to start painting from: the latest corrected mask, else the model's."""
-    insp = _inspection(session, inspection_id)
+    insp = load_inspection(session, inspection_id)
     if not insp.width or not insp.height:
         raise HTTPException(404, "this inspection has no recorded size")
     shape = (insp.height, insp.width)
@@ -100,7 +98,7 @@ async def review_save(
     try:
         given = ReviewInput.from_json(body)
         with st.write.begin() as session:
-            insp = _inspection(session, inspection_id)
+            insp = load_inspection(session, inspection_id)
             review = save_review(
                 insp, given, reviewer=user.name, session=session, store_dir=st.reviews_dir
             )
@@ -129,23 +127,27 @@ async def review_save(
 def queue_page(
     request: Request, user: Principal = Depends(current_user), session: Session = Depends(db)
 ) -> Response:
-    """Unreviewed inspections: close calls, then fails, then a sample of passes."""
+    """The review queue: the filled queue's open items for the line, else today's ordering."""
     line = request.query_params.get("line") or None
+    from_queue, items = queue_entries(session=session, line=line)
     return render(
-        request, "queue.html", {"items": review_queue(session=session, line=line)}, user=user
+        request,
+        "queue.html",
+        {"items": items, "from_queue": from_queue, "line": line},
+        user=user,
     )
 
 
 @router.get("/queue/next")
-def queue_next(
-    request: Request, user: Principal = Depends(current_user), session: Session = Depends(db)
-) -> Response:
+def queue_next(request: Request, user: Principal = Depends(current_user)) -> Response:
     """The review page of the next queue item after ``after`` (skipping it)."""
-    items = review_queue(session=session)
+    line = request.query_params.get("line") or None
     after = request.query_params.get("after", "")
-    ids = [it.id for it in items]
-    if after.isdigit() and int(after) in ids:
-        ids = ids[ids.index(int(after)) + 1 :]
-    if not ids:
+    # A write transaction: items reviewed elsewhere are marked done on the way.
+    with state(request).write.begin() as session:
+        nxt = next_inspection(
+            session=session, line=line, after=int(after) if after.isdigit() else None
+        )
+    if nxt is None:
         return RedirectResponse(f"/queue?msg={quote('the queue is empty: all reviewed')}", 303)
-    return RedirectResponse(f"/review/{ids[0]}?queue=1", status_code=303)
+    return RedirectResponse(f"/review/{nxt}?queue=1", status_code=303)
