@@ -14,7 +14,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 help:
 	@echo "make demo   - generate a camera folder, train a small model, inspect, store results"
 	@echo "make test   - set up, check services, lint (ruff, mypy), run the test suite"
-	@echo "make bench  - side-by-side throughput benchmarks (JSON in var/bench/)"
+	@echo "make bench  - side-by-side throughput benchmarks and console pages (JSON in var/bench/)"
 	@echo "make bench-console - console pages over 1,000,000 inspections (SQLite, PostgreSQL)"
 	@echo "make soak   - line monitor over 5,000 images: RSS growth, monitor vs inspect"
 	@echo "make gpu-check - on a lent GPU: gpu tests, GPU bench rows, capped real-data training (JSON)"
@@ -49,11 +49,14 @@ test: $(STAMP)
 		echo "no bf16 on this CPU: the suite above already ran without it"; \
 	fi
 
+# Every section, the console's pages included (over 100,000 inspections by default; set
+# DEFECTSCAN_BENCH_CONSOLE_ROWS=1000000 or BENCH_ARGS="--console-rows 1000000" for plant scale).
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 # The operator console at plant scale: 1,000,000 inspections in SQLite and PostgreSQL, the
 # gallery, a filtered gallery and the Lines page timed (p95 target 300 ms; a few minutes).
+# The same measurement as `make bench`'s console section, at full size, on its own.
 bench-console: $(STAMP)
 	bash .ci/services.sh
 	$(PY) benchmarks/bench_console.py $(BENCH_ARGS)

@@ -27,6 +27,10 @@ One module each, beside this file; their docstrings say what each row measures:
 - ``store`` (``bench_store.py``): results-store writes, batched vs row by row.
 - ``training`` (``bench_training.py``): training crops/s and where an epoch's time goes.
 - ``tta`` (``bench_tta.py``): what test-time flips cost, images/s with none, h and hv.
+- ``console`` (``bench_console.py``): the operator console's gallery, filtered gallery, deep
+  gallery page and Lines page, p50/p95 over a database filled with ``--console-rows``
+  inspections (100,000 by default; ``DEFECTSCAN_BENCH_CONSOLE_ROWS=1000000`` or
+  ``make bench-console`` for the issue's 1,000,000), on SQLite and PostgreSQL.
 - ``autoint8``, ``latency``, ``startup`` (``bench_fastline.py``): a monitor on the default
   settings before and after it switched to INT8 by itself (beside a manual INT8 export,
   OpenVINO fp32 and the seed loop); arrival to committed row under a paced producer at
@@ -78,6 +82,8 @@ JSON (``--out``, default ``var/bench/bench.json``), schema ``defectscan-bench/1`
                    "p95_s", "capacity_images_per_s", "backlog_grew", "backlog_at_end"}],
       "startup": [{"name", "first_row_s", "start_engine", "int8_state", "switch_s",
                    "images_fed"}],
+      "console": [{"name", "database", "page", "path", "rows", "requests", "fill_s",
+                   "p50_ms", "p95_ms", "max_ms", "under_300ms", "error"}],
       "notes": ["..."]
     }
 
@@ -89,6 +95,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -103,6 +110,7 @@ from defectscan.model.backends import resolve_device
 # Sibling modules import as top-level modules, whether this runs as a script or is imported.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import CPU_ENGINE_BATCH, SECTIONS, BenchConfig, Log, loadavg, machine_info
+from bench_console import print_console_table, run_console
 from bench_engines import run_engines
 from bench_fastline import print_fastline_tables, run_autoint8, run_latency, run_startup
 from bench_large import run_large
@@ -120,6 +128,7 @@ __all__ = [
     "machine_info",
     "main",
     "run_autoint8",
+    "run_console",
     "run_engines",
     "run_large",
     "run_latency",
@@ -142,6 +151,7 @@ _SECTIONS: dict[str, Callable[[BenchConfig, list[str], Log], list[Any]]] = {
     "autoint8": run_autoint8,
     "latency": run_latency,
     "startup": run_startup,
+    "console": run_console,
 }
 
 
@@ -156,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
-        help="comma-separated: engines,pipeline,large,store,training,tta,autoint8,latency,startup",
+        help="comma-separated: engines,pipeline,large,store,training,tta,autoint8,latency,startup,"
+        "console",
     )
     parser.add_argument("--seconds", type=float, default=None, help="budget per measurement")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (5)")
@@ -171,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-batch", type=int, default=None, help="training: CPU batch (8)")
     parser.add_argument("--large-size", type=int, default=None, help="large frame side (16384)")
     parser.add_argument("--large-width", type=int, default=None, help="large frame: width (8)")
+    parser.add_argument(
+        "--console-rows",
+        type=int,
+        default=None,
+        help="console: inspections to fill (100000; env DEFECTSCAN_BENCH_CONSOLE_ROWS)",
+    )
+    parser.add_argument(
+        "--console-requests", type=int, default=None, help="console: requests per page (20)"
+    )
+    parser.add_argument(
+        "--console-databases", default="sqlite,postgresql", help="console: databases measured"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument(
         "--quick", action="store_true", help="smoke mode: width 8, tile 64, about 1 s each"
@@ -210,9 +233,26 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         train_batch=int(pick(args.train_batch, 8, 4)),
         large_size=int(pick(args.large_size, 16384, 2048)),
         large_width=int(pick(args.large_width, 8, 8)),
+        console_rows=int(
+            args.console_rows
+            if args.console_rows is not None
+            else os.environ.get("DEFECTSCAN_BENCH_CONSOLE_ROWS") or pick(None, 100_000, 2000)
+        ),
+        console_requests=int(pick(args.console_requests, 20, 2)),
+        console_databases=tuple(d for d in args.console_databases.split(",") if d.strip()),
         out=args.out or get_settings().var_dir / "bench" / "bench.json",
     )
-    for name in ("rounds", "width", "tile", "batch", "images", "image_size", "store_n"):
+    for name in (
+        "rounds",
+        "width",
+        "tile",
+        "batch",
+        "images",
+        "image_size",
+        "store_n",
+        "console_rows",
+        "console_requests",
+    ):
         if getattr(cfg, name) < 1:
             msg = f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}"
             raise SystemExit(msg)
@@ -254,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "autoint8": [],
         "latency": [],
         "startup": [],
+        "console": [],
         "notes": notes,
     }
     for name in cfg.sections:
@@ -263,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg.out.write_text(json.dumps(payload, indent=2) + "\n")
     print_tables(payload)
     print_fastline_tables(payload)
+    print_console_table(payload)
     stdout_console().print(f"wrote {cfg.out}")
     return payload
 

@@ -64,6 +64,7 @@ SECTIONS = (
     "autoint8",
     "latency",
     "startup",
+    "console",
 )
 SEED_TILE_FLOP = 62e9  # seed UNet (3->1, bilinear, width 64) on one 256x256 tile
 # Dense bf16 tensor-core peaks (TFLOP/s), by a substring of torch.cuda.get_device_name().
@@ -110,6 +111,10 @@ class BenchConfig:
     train_batch: int = 8
     large_size: int = 16384
     large_width: int = 8
+    #: console section: inspections filled, requests per page, databases (bench_console.py)
+    console_rows: int = 100_000
+    console_requests: int = 20
+    console_databases: tuple[str, ...] = ("sqlite", "postgresql")
     out: Path = Path("var/bench/bench.json")
 
     @property
@@ -142,6 +147,9 @@ class BenchConfig:
             "train_batch": self.train_batch,
             "large_size": self.large_size,
             "large_width": self.large_width,
+            "console_rows": self.console_rows,
+            "console_requests": self.console_requests,
+            "console_databases": list(self.console_databases),
             "flop_per_tile": self.flop_per_tile,
         }
 

@@ -35,6 +35,7 @@ BENCH_LAYERS: tuple[tuple[str, ...], ...] = (
         "bench_tta",
         "bench_tables",
         "bench_fastline",
+        "bench_console",
     ),
     ("bench", "soak_monitor"),
 )
@@ -152,6 +153,7 @@ print(json.dumps({{"missing": missing, "config": cfg.to_dict()}}))
         "autoint8",
         "latency",
         "startup",
+        "console",
     ]
     assert (config["width"], config["tile"], config["batch"]) == (8, 64, 8)
 
