@@ -27,7 +27,15 @@ def test_fastline_sections_run_and_write_their_rows(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     out = tmp_path / "bench.json"
-    args = ["--quick", "--sections", "autoint8,latency,startup", "--seconds", "0.5"]
+    args = [
+        "--quick",
+        "--sections",
+        "autoint8,latency,startup",
+        "--seconds",
+        "0.5",
+        "--rounds",
+        "1",
+    ]
     proc = subprocess.run(
         [sys.executable, str(BENCH), *args, "--device", "cpu", "--out", str(out)],
         cwd=REPO,
