@@ -64,7 +64,12 @@ def review_queue(
     """Fill the review queue from the past ``hours``; drift retrains; new references."""
     label_run_owner()
     scheduled = flow_run.get_scheduled_start_time()
-    until = scheduled.astimezone(UTC) if scheduled is not None else datetime.now(UTC)
+    # The period ends at the run's scheduled time: a late start still covers its own day.
+    until = (
+        datetime.fromtimestamp(scheduled.timestamp(), UTC)
+        if scheduled is not None
+        else datetime.now(UTC)
+    )
     filled = fill_task(lines, hours, until)
     retrains = retrain_check_task()
     built = build_references_task() if references else []

@@ -274,7 +274,8 @@ def schedule_due_retrains(
             )
             details["flow_run_id"] = None
         else:
-            run_id = submit(params, at, f"drift-retrain-{a.event_id}")
+            # One run per alert, even if this check runs twice at once.
+            run_id = submit(params, at, f"drift-retrain-{a.event_id}-{int(a.at.timestamp())}")
             details["flow_run_id"] = run_id
             message = (
                 f"retrain scheduled for {at:%Y-%m-%d %H:%M} UTC (flow run {run_id}) after "

@@ -217,8 +217,9 @@ def archive_novelty(
     ``per_camera`` images each); ``inspector_for(model_version)`` gives an inspector (drift
     features on) or None when the checkpoint is gone.
     """
-    from defectscan.drift.tracking import inspect_rows, load_reference
+    from defectscan.drift.reference import DriftReference
     from defectscan.sources.base import ImageRecord
+    from defectscan.store.drift_rows import latest_reference
 
     def score(rows: Sequence[CandidateRow]) -> dict[str, tuple[float, np.ndarray]]:
         out: dict[str, tuple[float, np.ndarray]] = {}
@@ -227,12 +228,12 @@ def archive_novelty(
             groups.setdefault((r.model_version, r.camera), []).append(r)
         for (version, camera), group in groups.items():
             with sessions() as session:
-                found = load_reference(
+                found = latest_reference(
                     session=session, model_version=version, line=line, camera=camera
                 )
             if found is None:
                 continue
-            reference = found[1]
+            reference = DriftReference.from_dict(found[1])
             inspector = inspector_for(version)
             if inspector is None:
                 continue
@@ -248,6 +249,8 @@ def archive_novelty(
                 )
                 for r in chosen
             ]
+            from defectscan.drift.tracking import inspect_rows  # torch: only when scoring
+
             image_rows = inspect_rows(inspector, records)
             if len(image_rows) != len(chosen):
                 continue  # an archived image no longer decodes: do not guess which
