@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -35,7 +36,9 @@ from defectscan.store.operations import record_event
 from defectscan.store.schema import Defect, Event, Inspection, Review
 
 __all__ = [
+    "SLICE_SHARE",
     "DriftAlert",
+    "PostDriftSlice",
     "RetrainDue",
     "Submit",
     "cancel_scheduled_retrain",
@@ -44,6 +47,7 @@ __all__ = [
     "confirmed_alerts",
     "due_retrains",
     "post_drift_reviews",
+    "post_drift_slice",
     "prefect_submit",
     "schedule_due_retrains",
 ]
@@ -55,6 +59,9 @@ Submit = Callable[[dict[str, Any], datetime, str], str]
 
 #: Alerts older than this no longer trigger a retrain.
 ALERT_LOOKBACK = timedelta(days=30)
+#: Share of the reviewed post-drift images (chosen by content hash) that a drift retrain keeps
+#: out of training, as the promotion gate's post-drift slice.
+SLICE_SHARE = 0.3
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,59 @@ def confirmed_alerts(*, session: Session, since: datetime) -> list[DriftAlert]:
             )
         )
     return alerts
+
+
+def _post_drift_inspections(session: Session, alert: DriftAlert) -> list[tuple[int, str]]:
+    when = func.coalesce(Inspection.captured_at, Inspection.finished_at)
+    rows = session.execute(
+        select(Inspection.id, Inspection.sha256)
+        .join(Review, Review.inspection_id == Inspection.id)
+        .where(
+            Inspection.line.is_(None) if alert.line is None else Inspection.line == alert.line,
+            Inspection.camera.is_(None)
+            if alert.camera is None
+            else Inspection.camera == alert.camera,
+            when >= alert.at,
+        )
+        .distinct()
+    ).all()
+    return [(int(i), str(s)) for i, s in rows]
+
+
+@dataclass(frozen=True)
+class PostDriftSlice:
+    """Reviewed post-drift images written as a dataset (``images/`` + ``masks/``)."""
+
+    root: Path
+    sha256: frozenset[str]
+    n_images: int
+
+
+def post_drift_slice(
+    root: Path, *, session: Session, archive: Any, now: datetime | None = None
+) -> PostDriftSlice | None:
+    """The promotion gate's post-drift slice: :data:`SLICE_SHARE` of the reviewed images of
+    every confirmed alert's camera since the alert, chosen by content hash (the same images
+    on every run), exported with their reviewed masks. None when there are none.
+
+    The caller keeps these images out of training (they would flatter the candidate).
+    """
+    from defectscan.training.reviews import export_review_dataset
+
+    now = now or datetime.now(UTC)
+    chosen: dict[int, str] = {}
+    for alert in confirmed_alerts(session=session, since=now - ALERT_LOOKBACK):
+        for iid, sha in _post_drift_inspections(session, alert):
+            if int(sha[:13], 16) / float(1 << 52) < SLICE_SHARE:
+                chosen[iid] = sha
+    if not chosen:
+        return None
+    export = export_review_dataset(
+        root, session=session, unused_only=False, archive=archive, inspection_ids=set(chosen)
+    )
+    if not export.written:
+        return None
+    return PostDriftSlice(Path(root), frozenset(chosen.values()), len(export.written))
 
 
 def post_drift_reviews(*, session: Session, alert: DriftAlert) -> tuple[int, dict[str, int]]:

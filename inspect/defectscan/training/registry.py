@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,8 +149,13 @@ def evaluate_and_promote(
     metric: str = "mean_iou",
     margin: float = 0.01,
     evaluate: Evaluate | None = None,
+    slices: Mapping[str, Path] | None = None,
 ) -> PromotionDecision:
     """Score challenger and champion on ``holdout``; promote the challenger if it wins.
+
+    ``slices`` (name -> dataset folder, e.g. the reviewed post-drift images of a drift
+    retrain): a challenger that wins on the holdout must also not be worse than the champion
+    on each slice (no margin: not worse is enough), or it stays a candidate.
 
     With no champion yet, the challenger is promoted (there is nothing to protect). Both
     versions' holdout scores are recorded in their metrics (``metrics["holdout"][path]``).
@@ -187,6 +192,12 @@ def evaluate_and_promote(
         or math.isnan(champ_score)
         or _better(ch_score, champ_score, metric, margin)
     ):
+        worse = _worse_on_slices(ch, champ, slices or {}, scorer, metric)
+        if worse is not None:
+            logger.info("kept champion %s: %s", champ.version, worse)
+            return PromotionDecision(
+                False, ch.version, champ.version, metric, margin, ch_score, champ_score, worse
+            )
         _champion(ch.version, session)
         reason = f"{metric} {ch_score:.4f} vs champion {champ_score} (margin {margin})"
         logger.info("promoted %s over %s: %s", ch.version, champ.version, reason)
@@ -201,6 +212,30 @@ def evaluate_and_promote(
     return PromotionDecision(
         False, ch.version, champ.version, metric, margin, ch_score, champ_score, reason
     )
+
+
+def _worse_on_slices(
+    ch: ModelVersion,
+    champ: ModelVersion,
+    slices: Mapping[str, Path],
+    scorer: Evaluate,
+    metric: str,
+) -> str | None:
+    """Why the challenger is worse than the champion on some slice (None: on none)."""
+    for name, folder in sorted(slices.items()):
+        key = f"{name}:{Path(folder).resolve()}"
+        a, b = scorer(_load(ch), Path(folder)), scorer(_load(champ), Path(folder))
+        _record_holdout(ch, key, a)
+        _record_holdout(champ, key, b)
+        x, y = a.get(metric), b.get(metric)
+        if x is None or y is None or math.isnan(x) or math.isnan(y):
+            continue
+        if _better(y, x, metric, 1e-12):  # the champion is strictly better there
+            return (
+                f"{metric} {x:.4f} on the {name} slice is worse than champion "
+                f"{champ.version}'s {y:.4f}; it stays a candidate"
+            )
+    return None
 
 
 def promote(

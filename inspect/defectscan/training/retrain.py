@@ -13,7 +13,9 @@ in-process path call it. One run:
    (images from the archive by sha256, masks from the reviews: :mod:`defectscan.training.reviews`);
 4. trains a candidate (parent: the champion), registers it, and lets the promotion gate score
    champion and candidate on the same holdout through the inspection path
-   (:func:`defectscan.training.registry.evaluate_and_promote`);
+   (:func:`defectscan.training.registry.evaluate_and_promote`); a retrain triggered by drift
+   also keeps a share of the reviewed post-drift images out of training, and the candidate
+   must not be worse than the champion on them (the post-drift slice);
 5. marks the consumed reviews used (only now that the run succeeded) and finishes the row with
    both models' metrics side by side, the decision and why, and the timings.
 
@@ -363,10 +365,23 @@ def run_retrain(
         try:
             holdout = ensure_holdout(holdout_dir, base=base, fraction=request.holdout_fraction)
             work = Path(var_dir) / "retrain" / f"run{run_id}"
+            slices: dict[str, Path] = {}
+            kept_out = holdout
+            if request.trigger == "drift":
+                # The gate's post-drift slice: reviewed post-drift images kept out of training.
+                from defectscan.drift.retrain_trigger import post_drift_slice
+
+                with sessions() as session:
+                    found = post_drift_slice(work / "post_drift", session=session, archive=archive)
+                if found is not None:
+                    slices["post_drift"] = found.root
+                    kept_out = replace(holdout, sha256=holdout.sha256 | found.sha256)
             with sessions() as session:
                 stats, review_ids = build_training_set(
-                    work / "data", session=session, holdout=holdout, base=base, archive=archive
+                    work / "data", session=session, holdout=kept_out, base=base, archive=archive
                 )
+            if slices:
+                stats["post_drift_slice"] = str(slices["post_drift"])
             outcome.dataset_stats = stats
             timings["data"] = time.perf_counter() - t0
             t1 = time.perf_counter()
@@ -411,6 +426,7 @@ def run_retrain(
                     holdout=holdout.path,
                     metric=request.metric,
                     margin=request.margin,
+                    slices=slices,
                 )
                 outcome.side_by_side = _side_by_side(
                     session, mv.version, champion_before, holdout.path

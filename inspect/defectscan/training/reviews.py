@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -158,6 +158,7 @@ def export_review_dataset(
     class_names: Sequence[str] | None = None,
     unused_only: bool = True,
     archive: ImageArchive | None = None,
+    inspection_ids: Collection[int] | None = None,
 ) -> ReviewExport:
     """Write reviewed images and their masks as ``root/images`` + ``root/masks`` + classes.txt.
 
@@ -165,11 +166,14 @@ def export_review_dataset(
     file is usually gone by then. A file still at the inspection's ``file://`` URI with the
     same bytes is used when the archive does not hold the image. Mark the returned
     ``review_ids`` as used (``store.mark_reviews_used``) once the training run that consumed
-    them has succeeded.
+    them has succeeded. ``inspection_ids``: only the reviews of these inspections.
     """
     root = Path(root)
     archive = archive or default_archive()
     reviews = reviews_for_training(session=session, unused_only=unused_only)
+    if inspection_ids is not None:
+        wanted = set(inspection_ids)
+        reviews = [r for r in reviews if r.inspection_id in wanted]
     names: tuple[str, ...] | None = tuple(class_names) if class_names else None
     written: list[Path] = []
     used: list[int] = []
