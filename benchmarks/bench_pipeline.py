@@ -10,6 +10,13 @@ round, the same backend object is timed alone on batches of tiles; ``ratio`` = p
 ``vs_seed_naive`` = pipeline tiles/s / the seed's own loop (batch 1, eager fp32) on the same
 architecture and tiles, timed in the same rounds. A round is one pass over all images; rounds
 repeat until ``--seconds`` per backend is spent, at most ``--rounds``.
+
+``pipeline-<engine>+drift`` is the last engine measured again with drift monitoring on, as a
+monitor runs it once a camera has a reference: the pooled features from the same pass, the
+thumbnail statistics of every frame, and a :class:`~defectscan.drift.tracking.DriftTracker`
+fed each pass, with windows closing every ``--images // 2`` images (a line closes one per
+200 or more: this costs more than production). ``vs_drift_off`` compares it with the same
+engine's row in the same rounds (issue 18: within 5%).
 """
 
 from __future__ import annotations
@@ -69,6 +76,9 @@ class _PipelineRun:
     seconds: float = 0.0
     rows_written: int = 0
     stage_ms: dict[str, list[float]] = field(default_factory=dict)
+    #: Drift monitoring on: the camera's reference (None: off, as without one).
+    drift_reference: Any = None
+    windows: int = 0
 
 
 def _empty_pipeline_row(name: str, backend: str, cfg: BenchConfig) -> dict[str, Any]:
@@ -118,7 +128,11 @@ def _pipeline_pass(
     # A new version per pass: (image sha256, model version) is the idempotency key, so reusing
     # one would turn every write after the first pass into a no-op.
     version = f"bench-{run.backend_name}-{uuid.uuid4().hex[:12]}"
-    inspector = Inspector(run.backend, spec, model_version=version, batch_size=batch)
+    drift = run.drift_reference is not None
+    inspector = Inspector(
+        run.backend, spec, model_version=version, batch_size=batch, drift_features=drift
+    )
+    results: list[InspectionResult] = []
     engine = make_engine(run.engine_url)
     camera = work / f"camera-{version}"
     camera.mkdir(parents=True)
@@ -131,6 +145,8 @@ def _pipeline_pass(
             raise RuntimeError(msg)
         for stage, ms in result.timings_ms.items():
             run.stage_ms.setdefault(stage, []).append(ms)
+        if drift:
+            results.append(result)
 
     try:
         writer = ResultWriter(engine, batch_size=WRITER_BATCH)
@@ -141,6 +157,8 @@ def _pipeline_pass(
         inspect_and_store(
             records, inspector=inspector, writer=writer, source=source, on_result=check
         )
+        if drift:
+            run.windows += len(_tracker(run.drift_reference, spec, version, paths).observe(results))
         elapsed = time.perf_counter() - started
         source.close()
     finally:
@@ -153,6 +171,43 @@ def _pipeline_pass(
         raise RuntimeError(msg)
     shutil.rmtree(camera, ignore_errors=True)
     return elapsed, writer.inserted
+
+
+def _tracker(reference: Any, spec: ModelSpec, version: str, paths: Sequence[Path]) -> Any:
+    """The drift tracker a monitor keeps for a camera, its windows closing every half pass."""
+    from defectscan.drift.tracking import DriftTracker
+
+    half = max(2, len(paths) // 2)
+    return DriftTracker(
+        model_version=version,
+        class_names=spec.class_names,
+        references=lambda _line, _camera: (0, reference),
+        min_images=half,
+        max_images=half,
+    )
+
+
+def _drift_reference(backend: Any, spec: ModelSpec, tiles: Any) -> Any:
+    """A fitted reference of the engine's feature width (random rows: its cost is what counts)."""
+    import numpy as np
+
+    from defectscan.drift.reference import ImageRows, fit_reference
+    from defectscan.drift.tracking import output_names
+    from defectscan.image_stats import STAT_NAMES
+
+    _, feats = backend.infer_features(tiles[:1])
+    if feats is None:
+        return None
+    rng = np.random.default_rng(0)
+    n, width = 600, int(feats.shape[-1])
+    names = output_names(spec.class_names)
+    rows = ImageRows(
+        np.arange(n, dtype=np.float64) * 2.0,
+        rng.normal(size=(n, width)),
+        rng.normal(size=(n, len(STAT_NAMES))),
+        (rng.random((n, len(names))) < 0.1).astype(np.float64),
+    )
+    return fit_reference(rows, output_names=names, k=min(64, width), bootstrap_windows=200)
 
 
 def _int8_backend(model: UNet, spec: ModelSpec, cfg: BenchConfig, work: Path) -> Any:
@@ -223,6 +278,21 @@ def run_pipeline(cfg: BenchConfig, notes: list[str], log: Log) -> list[dict[str,
             upgrade_to_head(url)
             backend.infer(tiles)  # warm-up outside the timed rounds
             runs.append(_PipelineRun(f"pipeline-{backend_name}", backend_name, backend, url))
+        if runs and hasattr(runs[-1].backend, "infer_features"):
+            last = runs[-1]
+            reference = _drift_reference(last.backend, spec, tiles)
+            if reference is not None:
+                url = f"sqlite:///{(Path(tmp) / f'{last.backend_name}-drift.db').as_posix()}"
+                upgrade_to_head(url)
+                runs.append(
+                    _PipelineRun(
+                        f"{last.name}+drift",
+                        last.backend_name,
+                        last.backend,
+                        url,
+                        drift_reference=reference,
+                    )
+                )
         budget = cfg.seconds / cfg.rounds
         # The seed's own loop on the same architecture, timed in the same rounds: the
         # end-to-end rows are compared with it (issue 10: >= 2.5x on CPU).
@@ -250,8 +320,10 @@ def run_pipeline(cfg: BenchConfig, notes: list[str], log: Log) -> list[dict[str,
             (statistics.median(r.engine_rates) for r in runs if r.backend_name == "openvino"),
             None,
         )
+        drift_off = {r.backend_name: r for r in runs if r.drift_reference is None}
         for run in runs:
             ratio = statistics.median(run.tile_rates) / statistics.median(run.engine_rates)
+            off = drift_off.get(run.backend_name) if run.drift_reference is not None else None
             totals = run.stage_ms.get("total", [])
             rows.append(
                 {
@@ -279,6 +351,15 @@ def run_pipeline(cfg: BenchConfig, notes: list[str], log: Log) -> list[dict[str,
                         for stage, values in run.stage_ms.items()
                     },
                     "error": None,
+                    "drift": run.drift_reference is not None,
+                    "drift_windows": run.windows,
+                    "vs_drift_off": (
+                        round(
+                            statistics.median(run.tile_rates) / statistics.median(off.tile_rates), 3
+                        )
+                        if off is not None and off.tile_rates
+                        else None
+                    ),
                 }
             )
     return rows

@@ -32,7 +32,7 @@ def _range(stats: dict[str, Any]) -> str:
 def stdout_console() -> Console:
     """The console the tables go to (160 columns when stdout is not a terminal)."""
     # Piped into a file or CI log, rich would wrap the tables at 80 columns.
-    return Console() if sys.stdout.isatty() else Console(width=160)
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def _machine_line(machine: dict[str, Any]) -> str:
@@ -108,6 +108,7 @@ def _pipeline_table(rows: Rows, cfg: dict[str, Any]) -> Table:
         "ratio",
         "vs OV alone",
         "vs seed loop",
+        "vs drift off",
         "p50|p95 ms",
         "rows",
         "ms/img decode|infer|post|total",
@@ -116,7 +117,19 @@ def _pipeline_table(rows: Rows, cfg: dict[str, Any]) -> Table:
     for r in rows:
         if r.get("error"):
             table.add_row(
-                r["name"], "-", "-", "[red]skipped[/]", "", "", "", "", "", "", "", r["error"]
+                r["name"],
+                "-",
+                "-",
+                "[red]skipped[/]",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                r["error"],
             )
             continue
         stages = r["stage_ms"]
@@ -130,6 +143,7 @@ def _pipeline_table(rows: Rows, cfg: dict[str, Any]) -> Table:
             f"{r['ratio']:.2f}",
             _fmt(r.get("vs_openvino_model_only")),
             _fmt(r.get("vs_seed_naive")),
+            _fmt(r.get("vs_drift_off")),
             f"{_fmt(r['latency_ms']['p50'], 0)}|{_fmt(r['latency_ms']['p95'], 0)}",
             str(r["rows_written"]),
             " | ".join(_fmt(stages.get(k), 0) for k in ("decode", "infer", "post", "total")),

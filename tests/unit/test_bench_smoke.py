@@ -179,3 +179,37 @@ def test_quick_tta_run_reports_the_cost_of_each_flip_setting(tmp_path: Path) -> 
     for row in rows.values():
         assert row["images_per_s"]["median"] > 0
     assert "test-time flips" in proc.stdout
+
+
+@pytest.mark.slow
+def test_quick_pipeline_run_measures_drift_on_beside_drift_off(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--sections", "pipeline", "--seconds", "0.2", "--rounds", "1"]
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), *args, "--device", "cpu", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["name"]: r for r in json.loads(out.read_text())["pipeline"]}
+    assert set(rows) == {
+        "pipeline-torch",
+        "pipeline-openvino",
+        "pipeline-openvino-int8",
+        "pipeline-openvino-int8+drift",
+    }
+    on, off = rows["pipeline-openvino-int8+drift"], rows["pipeline-openvino-int8"]
+    assert on["drift"] is True
+    assert off["drift"] is False
+    # every pass of 4 images closed two windows of 2 images through the real statistics
+    assert on["drift_windows"] == 2 * on["rounds"]
+    assert on["rows_written"] == off["rows_written"] > 0
+    assert on["vs_drift_off"] > 0
+    assert off["vs_drift_off"] is None
+    assert "vs drift off" in proc.stdout
