@@ -12,7 +12,11 @@ Three sections, each runnable alone (``--sections autoint8``, ``latency`` or ``s
   on a folder of the line's images), **OpenVINO fp32**; beside them the seed's own loop and
   OpenVINO fp32 alone (model only) on tiles. ``vs_seed_naive`` and
   ``vs_openvino_model_only`` are tiles/s ratios (acceptance of issue 20: the default path
-  after the switch >= 2.5x the seed loop and >= 1.0x OpenVINO fp32 model-only).
+  after the switch >= 2.5x the seed loop and >= 1.0x OpenVINO fp32 model-only). The last
+  row runs the engine after the switch while a background INT8 job of another model runs
+  (with the monitor's own ``background_nice`` and ``background_threads``):
+  ``vs_same_engine_alone`` is its throughput over that engine's own row (issue 20: within
+  20%), ``job_cores`` the job's CPU seconds per second meanwhile.
 - ``latency``: the monitor as built by ``defectscan monitor`` (folder watched, a row committed
   per image) on the engine the line ends up with (the background work done first), fed by a
   paced producer that drops files into the camera folder (``*.tmp``, then renamed: the
@@ -227,6 +231,15 @@ def _feed_until(monitor: Any, camera: Path, parts: list[bytes], done: Any, limit
 # -- autoint8 ---------------------------------------------------------------------------------
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux ``/proc``; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _monitor_pass(monitor: Any, camera: Path, parts: list[bytes], tag: str) -> float:
     """Fresh files into the folder, then the monitor takes them to committed rows; seconds."""
     _drop(camera, parts, tag)
@@ -309,6 +322,7 @@ def run_autoint8(cfg: BenchConfig, notes: list[str], log: Log) -> list[dict[str,
         bg_parity = work / "bg-parity"
         _drop(bg_parity, parts[:2], "bgp")
         during: list[float] = []
+        job_share: list[float] = []  # the job's CPU seconds per second, while the line works
         runs: dict[str, Any] = {
             f"default-before ({engine_label(before)})": before,
             f"default-after ({engine_label(after)})": after,
@@ -333,11 +347,15 @@ def run_autoint8(cfg: BenchConfig, notes: list[str], log: Log) -> list[dict[str,
             inspector.backend = after
             job = _background_job(work, other, calib, bg_parity, cfg.tile)
             try:
+                cpu0 = _cpu_seconds(job.pid)
                 elapsed = _monitor_pass(monitor, camera, parts, f"r{r}-bg")
+                cpu1 = _cpu_seconds(job.pid)
             finally:
                 job.terminate()
                 job.wait(timeout=60)
             during.append(grid.n_tiles * cfg.images / elapsed)
+            if cpu0 is not None and cpu1 is not None:
+                job_share.append((cpu1 - cpu0) / elapsed)
         inspector.backend = after
         monitor.close()
         naive_med = statistics.median(naive_rates)
@@ -379,6 +397,7 @@ def run_autoint8(cfg: BenchConfig, notes: list[str], log: Log) -> list[dict[str,
                 "vs_seed_naive": round(during_med / naive_med, 3),
                 "vs_openvino_model_only": round(during_med / ov_med, 3),
                 "vs_same_engine_alone": round(during_med / statistics.median(rates[after_name]), 3),
+                "job_cores": round(statistics.median(job_share), 3) if job_share else None,
             }
         )
         for row in rows:
@@ -659,7 +678,15 @@ def print_fastline_tables(payload: dict[str, Any]) -> None:
                 f"{head['images_fed']} images fed)"
             )
         )
-        cols = ("row", "tiles/s", "images/s", "x seed loop", "x OpenVINO fp32 alone", "x alone")
+        cols = (
+            "row",
+            "tiles/s",
+            "images/s",
+            "x seed loop",
+            "x OpenVINO fp32 alone",
+            "x alone",
+            "job cores",
+        )
         for col in cols:
             table.add_column(col)
         for r in rows:
@@ -670,6 +697,7 @@ def print_fastline_tables(payload: dict[str, Any]) -> None:
                 _fmt(r["vs_seed_naive"]),
                 _fmt(r["vs_openvino_model_only"]),
                 _fmt(r.get("vs_same_engine_alone")),
+                _fmt(r.get("job_cores")),
             )
         console.print(table)
     if payload.get("latency"):
