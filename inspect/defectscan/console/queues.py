@@ -12,7 +12,8 @@ is down says nothing, and that is when the queue matters most.
   make ids, which are milliseconds since the epoch).
 
 Nothing is created, claimed or acknowledged; answers are cached for :data:`CACHE_S` seconds
-(the page refreshes every 5 s, in every open browser), and Redis gets a short timeout.
+(the page refreshes every 5 s, in every open browser), failures for :data:`FAILED_CACHE_S`,
+and Redis gets a short timeout.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ __all__ = ["CACHE_S", "SCAN_CAP", "QueueState", "line_queue"]
 
 #: Seconds a queue reading is reused.
 CACHE_S = 3.0
+#: Seconds a failed reading is reused: an unreachable Redis costs its timeout once, not at
+#: every refresh of every open page.
+FAILED_CACHE_S = 30.0
 #: Folder entries looked at, at most.
 SCAN_CAP = 20_000
 #: Redis connect and read timeout, seconds: a page must not hang on an unreachable server.
@@ -138,7 +142,7 @@ def line_queue(line: str, settings: Settings) -> QueueState:
     now = time.monotonic()
     with _lock:
         hit = _cache.get(key)
-    if hit is not None and now - hit[0] < CACHE_S:
+    if hit is not None and now - hit[0] < (FAILED_CACHE_S if hit[1].note else CACHE_S):
         return hit[1]
     try:
         spec = config.source_spec
