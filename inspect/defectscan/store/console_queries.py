@@ -130,6 +130,13 @@ class LineSummary:
     health_reasons: list[str] = field(default_factory=list)
 
     @property
+    def monitor_seen_s(self) -> float | None:
+        """Seconds since its monitor's newest row (None: never seen)."""
+        if self.monitor_seen_at is None:
+            return None
+        return max(0.0, (utcnow() - _as_utc(self.monitor_seen_at)).total_seconds())
+
+    @property
     def oldest_waiting_s(self) -> float | None:
         """Age of the oldest waiting item in seconds (None when unknown or nothing waits)."""
         if self.oldest_waiting_at is None:
