@@ -200,37 +200,6 @@ def replay_cmd(
     console.print(table)
 
 
-def _estimates(session: Any, line: str | None, days: float) -> list[dict[str, Any]]:
-    """Escape and false-reject rates per line from the review queue's random strata."""
-    from collections import defaultdict
-    from datetime import UTC, datetime, timedelta
-
-    from defectscan.drift.review_sampling import estimate_rate
-    from defectscan.store.review_queue import random_strata_rows
-
-    since = datetime.now(UTC) - timedelta(days=days)
-    by_line: dict[str | None, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
-    for r in random_strata_rows(session=session, line=line, since=since):
-        item_line = r.batch.rsplit("@", 1)[0]
-        by_line[None if item_line == "-" else item_line][r.stratum].append(
-            (r.batch, r.inclusion_probability, r.population, r.model_wrong)
-        )
-    out = []
-    for name in sorted(by_line, key=str):
-        row: dict[str, Any] = {"line": name, "days": days}
-        for key, stratum in (("escape", "random_pass"), ("false_reject", "random_fail")):
-            e = estimate_rate(by_line[name][stratum])
-            row[key] = {
-                "rate": e.rate,
-                "ci95": None if e.rate is None else [e.low, e.high],
-                "n": e.reviewed,
-                "picked": e.picked,
-                "population": e.population,
-            }
-        out.append(row)
-    return out
-
-
 def _pct(d: dict[str, Any]) -> str:
     if d["rate"] is None:
         return f"- (0 of {d['picked']} reviewed)"
@@ -260,6 +229,7 @@ def status_cmd(
     passes: escapes; random fails: false rejects) with a 95% interval; a pick not reviewed yet
     is not a label: the reviewed picks of a fill stand for all its picks (a random subsample).
     """
+    from defectscan.drift.review_fill import line_estimates
     from defectscan.store.drift_rows import latest_drift_windows
 
     with _session(db) as session:
@@ -277,7 +247,7 @@ def status_cmd(
             }
             for r in latest_drift_windows(session=session, line=line, per_camera=windows)
         ]
-        estimates = _estimates(session, line, days)
+        estimates = line_estimates(session=session, line=line, days=days)
     if as_json:
         typer.echo(json.dumps({"windows": rows, "estimates": estimates}))
         return

@@ -59,10 +59,8 @@ class PendingReference:
 
 def on_promoted(version: str, *, session: Session) -> None:
     """What a promotion changes for drift: stale queue items expire, references are queued."""
-    champions = list(
-        session.scalars(select(ModelVersion.version).where(ModelVersion.status == "champion"))
-    )
-    expired = retire_model_scored_items(session=session, current_versions=[*champions, version])
+    session.flush()
+    expired = retire_model_scored_items(session=session)
     record_event(
         session=session,
         kind="drift_reference",

@@ -52,6 +52,7 @@ __all__ = [
     "fill_line",
     "fill_review_queue",
     "holdout_sha256",
+    "line_estimates",
 ]
 
 log = logging.getLogger(__name__)
@@ -264,6 +265,42 @@ def archive_novelty(
     return score
 
 
+def line_estimates(
+    *, session: Session, line: str | None = None, days: float = 30.0
+) -> list[dict[str, Any]]:
+    """Escape and false-reject rates per line from the review queue's random strata.
+
+    Horvitz-Thompson (:func:`~defectscan.drift.review_sampling.estimate_rate`) over the fills
+    of the past ``days``: ``rate``, ``ci95``, ``n`` (reviewed picks), ``picked``, ``population``.
+    """
+    from collections import defaultdict
+
+    from defectscan.drift.review_sampling import estimate_rate
+    from defectscan.store.review_queue import random_strata_rows
+
+    since = datetime.now(UTC) - timedelta(days=days)
+    by_line: dict[str | None, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    for r in random_strata_rows(session=session, line=line, since=since):
+        item_line = r.batch.rsplit("@", 1)[0]
+        by_line[None if item_line == "-" else item_line][r.stratum].append(
+            (r.batch, r.inclusion_probability, r.population, r.model_wrong)
+        )
+    out = []
+    for name in sorted(by_line, key=str):
+        row: dict[str, Any] = {"line": name, "days": days}
+        for key, stratum in (("escape", "random_pass"), ("false_reject", "random_fail")):
+            e = estimate_rate(by_line[name][stratum])
+            row[key] = {
+                "rate": e.rate,
+                "ci95": None if e.rate is None else [e.low, e.high],
+                "n": e.reviewed,
+                "picked": e.picked,
+                "population": e.population,
+            }
+        out.append(row)
+    return out
+
+
 def _lines(session: Session, settings: Any, since: datetime) -> list[str | None]:
     from defectscan.store.schema import Inspection
 
@@ -318,14 +355,8 @@ def fill_review_queue(
     try:
         with sessions() as session:
             todo = list(lines) if lines else _lines(session, settings, since)
-            champions = list(
-                session.scalars(
-                    select(ModelVersion.version).where(ModelVersion.status == "champion")
-                )
-            )
-        if champions:
-            with sessions.begin() as session:
-                retire_model_scored_items(session=session, current_versions=champions)
+        with sessions.begin() as session:
+            retire_model_scored_items(session=session)
         for line in todo:
             scorer = (
                 archive_novelty(

@@ -11,7 +11,7 @@ All functions take ``*, session`` and leave the transaction to the caller.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +19,14 @@ from typing import Any
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
-from defectscan.store.schema import Defect, Inspection, Review, ReviewQueueItem, utcnow
+from defectscan.store.schema import (
+    Defect,
+    Inspection,
+    ModelVersion,
+    Review,
+    ReviewQueueItem,
+    utcnow,
+)
 
 __all__ = [
     "MODEL_SCORED_STRATA",
@@ -83,8 +90,6 @@ def review_candidates(
 
     One row per sha256 (its newest inspection); the classes are those the model found.
     """
-    from defectscan.store.schema import ModelVersion
-
     reviewed = exists().where(Review.inspection_id == Inspection.id)
     rows = session.execute(
         select(
@@ -176,18 +181,48 @@ def expire_queue_items(*, session: Session, now: datetime | None = None) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def retire_model_scored_items(*, session: Session, current_versions: Sequence[str]) -> int:
-    """Expire open close-call, novelty and class-balance items chosen under another model.
+def retire_model_scored_items(*, session: Session) -> int:
+    """Expire open close-call, novelty and class-balance items chosen under a replaced model.
 
-    Their scores came from a model that no longer serves; the next fill picks again under the
-    champion. Random and flagged items stay: they do not depend on a model's scores.
+    An item's model is replaced when its model name has a champion that is another version
+    (after a promotion or a rollback): its scores came from a model that no longer serves,
+    and the next fill picks again under the champion. Random and flagged items stay (they do
+    not depend on a model's scores), and so do items of models outside the registry's
+    champions (a line that runs a checkpoint file).
     """
+    versions = list(
+        session.scalars(
+            select(ReviewQueueItem.model_version)
+            .where(
+                ReviewQueueItem.state == "open",
+                ReviewQueueItem.stratum.in_(MODEL_SCORED_STRATA),
+            )
+            .distinct()
+        )
+    )
+    if not versions:
+        return 0
+    names = dict(
+        session.execute(
+            select(ModelVersion.version, ModelVersion.name).where(
+                ModelVersion.version.in_(versions)
+            )
+        ).all()
+    )
+    champions = dict(
+        session.execute(
+            select(ModelVersion.name, ModelVersion.version).where(ModelVersion.status == "champion")
+        ).all()
+    )
+    stale = [v for v in versions if v in names and champions.get(names[v], v) != v]
+    if not stale:
+        return 0
     result = session.execute(
         update(ReviewQueueItem)
         .where(
             ReviewQueueItem.state == "open",
             ReviewQueueItem.stratum.in_(MODEL_SCORED_STRATA),
-            ReviewQueueItem.model_version.not_in(list(current_versions)),
+            ReviewQueueItem.model_version.in_(stale),
         )
         .values(state="expired")
         .execution_options(synchronize_session=False)

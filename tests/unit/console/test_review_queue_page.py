@@ -39,6 +39,10 @@ def test_queue_serves_the_filled_queue_marks_done_and_falls_back_when_empty(
     page = client.get("/queue", params={"line": "L1"}).text
     assert 'data-source="queue"' in page
     assert [int(x) for x in _ids(page)] == [it.inspection_id for it in items]
+    # The random strata's escape and false-reject estimates (none reviewed yet: no rate).
+    assert any(it.stratum.startswith("random_") for it in items)
+    assert 'id="queue-estimates"' in page
+    assert "(0 of 1 reviewed)" in page
     first = client.get("/queue/next")
     assert first.headers["location"] == f"/review/{items[0].inspection_id}?queue=1"
     skip = client.get("/queue/next", params={"after": items[0].inspection_id})

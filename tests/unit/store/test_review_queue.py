@@ -261,3 +261,12 @@ def test_review_fill_and_next_from_the_command_line(
     assert code == 0, err
     code, out, err = run_cli(["review", "next", "--json", "--db", sqlite_url], capsys)
     assert json.loads(out)["inspection"] != item["inspection"]
+    # drift status: the line's escape and false-reject estimates from the random picks.
+    code, out, err = run_cli(["drift", "status", "--json", "--db", sqlite_url], capsys)
+    assert code == 0, err
+    (est,) = json.loads(out)["estimates"]
+    assert est["line"] == "L1"
+    assert est["escape"]["picked"] + est["false_reject"]["picked"] > 0
+    assert est["escape"]["n"] + est["false_reject"]["n"] == int(
+        item["stratum"].startswith("random_")
+    )

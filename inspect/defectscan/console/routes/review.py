@@ -22,6 +22,7 @@ from defectscan.console.reviewing import (
     queue_entries,
     save_review,
 )
+from defectscan.drift.review_fill import line_estimates
 from defectscan.errors import DefectscanError
 from defectscan.report import class_color
 from defectscan.store.console_queries import peak_score
@@ -133,7 +134,12 @@ def queue_page(
     return render(
         request,
         "queue.html",
-        {"items": items, "from_queue": from_queue, "line": line},
+        {
+            "items": items,
+            "from_queue": from_queue,
+            "line": line,
+            "estimates": line_estimates(session=session, line=line),
+        },
         user=user,
     )
 
