@@ -331,12 +331,15 @@ def fill_review_queue(
     holdout = holdout_sha256(settings.var_dir)
     engine = make_engine(settings.database_url)
     sessions = session_factory(engine, write=True)
+    # Novelty is scored while a line's fill holds its write transaction: on SQLite a second
+    # writer session would wait for that very lock, so the scorer reads with plain sessions.
+    readers = session_factory(engine)
     inspectors: dict[str, Any] = {}
     archive = ImageArchive(settings.archive_dir or Path(settings.var_dir) / "archive")
 
     def inspector_for(version: str) -> Any:
         if version not in inspectors:
-            with sessions() as session:
+            with readers() as session:
                 mv = session.scalars(
                     select(ModelVersion).where(ModelVersion.version == version)
                 ).first()
@@ -360,7 +363,7 @@ def fill_review_queue(
         for line in todo:
             scorer = (
                 archive_novelty(
-                    sessions=sessions,
+                    sessions=readers,
                     archive=archive,
                     inspector_for=inspector_for,
                     line=line,
