@@ -15,12 +15,11 @@ from sqlalchemy.orm import Session
 
 from defectscan.console.deps import Principal, current_user, db, state
 from defectscan.console.images import class_map_from_defects, overlay_png, valid_sha256
-from defectscan.console.pages import parse_time, render
+from defectscan.console.pages import load_inspection, parse_time, render
 from defectscan.store.console_queries import (
     GalleryFilters,
     gallery_choices,
     gallery_page,
-    inspection_detail,
     peak_score,
     same_image,
 )
@@ -108,13 +107,6 @@ def gallery_items(
     return render(request, "_gallery_items.html", _page_context(request, session), user=user)
 
 
-def _inspection(session: Session, inspection_id: int) -> Inspection:
-    found = inspection_detail(inspection_id, session=session)
-    if found is None:
-        raise HTTPException(404, f"inspection {inspection_id} does not exist")
-    return found
-
-
 @router.get("/inspections/{inspection_id}")
 def detail(
     request: Request,
@@ -123,7 +115,7 @@ def detail(
     session: Session = Depends(db),
 ) -> Response:
     """One inspection: the image with its overlay, defects, scores, model, reviews."""
-    insp = _inspection(session, inspection_id)
+    insp = load_inspection(session, inspection_id)
     has_image = state(request).images.original(insp.sha256, insp.uri) is not None
     return render(
         request,
@@ -174,7 +166,7 @@ def image(
 
 def _of(session: Session, sha256: str, inspection_id: int) -> Inspection:
     _checked(sha256)
-    insp = _inspection(session, inspection_id)
+    insp = load_inspection(session, inspection_id)
     if insp.sha256 != sha256:
         raise HTTPException(404, "no such image")
     return insp
