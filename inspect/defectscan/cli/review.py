@@ -11,7 +11,6 @@ import json
 from typing import Annotated, Any
 
 import typer
-from typer._click.core import Context
 from typer.core import TyperGroup
 
 from defectscan.cli.common import DbUrlOpt, console
@@ -24,7 +23,7 @@ __all__ = ["register", "review_app"]
 class _RecordByDefault(TyperGroup):
     """``review ID ...`` means ``review record ID ...`` (the command it always was)."""
 
-    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: typer's click Context
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["record", *args]
         return super().parse_args(ctx, args)
