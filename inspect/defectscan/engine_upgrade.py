@@ -100,7 +100,7 @@ class EngineOptions:
     parity_mean_abs: float | None = None
     min_speedup: float = 1.0
     threads: int = 1
-    nice: int = 5
+    nice: int = 8
     timeout_s: float = 1800.0
     precision: str = "auto"
     retry_int8: bool = False

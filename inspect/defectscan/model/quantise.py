@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-limit", type=int, default=96, help="tiles NNCF sees")
     parser.add_argument("--parity-limit", type=int, default=32, help="tiles parity checks")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--nice", type=int, default=5)
+    parser.add_argument("--nice", type=int, default=8)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     limit_resources(max(1, args.threads), args.nice)
