@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -48,10 +49,25 @@ def _drifted_camera(sessions: sessionmaker[Session], now: datetime) -> int:
 
 
 def test_confirmed_drift_schedules_a_retrain_for_later_that_can_be_cancelled(
-    prefect_api: str, db_sessions: sessionmaker[Session]
+    prefect_api: str, sqlite_url: str
 ) -> None:
+    # One database (the scheduling is Prefect's side), and the run is deleted at the end: the
+    # Prefect server is shared by the session, and later tests count the retrain
+    # deployment's runs.
     from flows.retrain import retrain
     from prefect.client.orchestration import get_client
+
+    from defectscan.store.db import make_engine, session_factory, upgrade_to_head
+
+    engine = make_engine(sqlite_url)
+    upgrade_to_head(engine)
+    try:
+        _schedule_and_cancel(retrain, get_client, session_factory(engine, write=True))
+    finally:
+        engine.dispose()
+
+
+def _schedule_and_cancel(retrain: Any, get_client: Any, db_sessions: sessionmaker[Session]) -> None:
 
     from defectscan.drift.retrain_trigger import (
         cancel_scheduled_retrain,
@@ -102,11 +118,15 @@ def test_confirmed_drift_schedules_a_retrain_for_later_that_can_be_cancelled(
             session=session, submit=prefect_submit(), delay=timedelta(0), **limits
         )
     assert again == []
-    assert cancel_scheduled_retrain(run_id) == "Cancelled"
-    with get_client(sync_client=True) as client:
-        state = client.read_flow_run(run_id).state
-    assert state is not None
-    assert state.is_cancelled()
+    try:
+        assert cancel_scheduled_retrain(run_id) == "Cancelled"
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(run_id).state
+        assert state is not None
+        assert state.is_cancelled()
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_flow_run(run_id)
 
 
 def test_the_review_queue_flow_fills_the_queue(
