@@ -175,18 +175,21 @@ def confirmed_alerts(*, session: Session, since: datetime) -> list[DriftAlert]:
     return alerts
 
 
-def _post_drift_inspections(session: Session, alert: DriftAlert) -> list[tuple[int, str]]:
+def _since_alert(alert: DriftAlert) -> tuple[Any, ...]:
+    """The filter of the alerted camera's inspections taken since the alert."""
     when = func.coalesce(Inspection.captured_at, Inspection.finished_at)
+    line = Inspection.line.is_(None) if alert.line is None else Inspection.line == alert.line
+    camera = (
+        Inspection.camera.is_(None) if alert.camera is None else Inspection.camera == alert.camera
+    )
+    return line, camera, when >= alert.at
+
+
+def _post_drift_inspections(session: Session, alert: DriftAlert) -> list[tuple[int, str]]:
     rows = session.execute(
         select(Inspection.id, Inspection.sha256)
         .join(Review, Review.inspection_id == Inspection.id)
-        .where(
-            Inspection.line.is_(None) if alert.line is None else Inspection.line == alert.line,
-            Inspection.camera.is_(None)
-            if alert.camera is None
-            else Inspection.camera == alert.camera,
-            when >= alert.at,
-        )
+        .where(*_since_alert(alert))
         .distinct()
     ).all()
     return [(int(i), str(s)) for i, s in rows]
@@ -234,17 +237,10 @@ def post_drift_reviews(*, session: Session, alert: DriftAlert) -> tuple[int, dic
     A reviewed image counts for a class when the model found that class in it or the reviewer
     painted it (the defects recomputed from a corrected mask).
     """
-    when = func.coalesce(Inspection.captured_at, Inspection.finished_at)
     rows = session.execute(
         select(Inspection.id, Review.details)
         .join(Review, Review.inspection_id == Inspection.id)
-        .where(
-            Inspection.line.is_(None) if alert.line is None else Inspection.line == alert.line,
-            Inspection.camera.is_(None)
-            if alert.camera is None
-            else Inspection.camera == alert.camera,
-            when >= alert.at,
-        )
+        .where(*_since_alert(alert))
     ).all()
     classes: dict[int, set[str]] = {}
     for iid, details in rows:
