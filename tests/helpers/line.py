@@ -101,6 +101,8 @@ def cli_env(tmp_path: Path, database_url: str, **extra: str) -> dict[str, str]:
             "OMP_NUM_THREADS": "1",
             "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "inspect")]),
             "PYTHONUNBUFFERED": "1",
+            # a native crash (SIGABRT, SIGSEGV) leaves every thread's stack in the log
+            "PYTHONFAULTHANDLER": "1",
             # several monitors run side by side in the tests: no /metrics unless asked for
             "DEFECTSCAN_METRICS_PORT": "0",
         }

@@ -32,6 +32,9 @@ __all__ = ["register"]
 
 logger = logging.getLogger(__name__)
 
+#: How long a stopping monitor waits for a Prefect start still in progress (seconds).
+PREFECT_START_WAIT_S = 30.0
+
 
 def _install_stop_handlers() -> None:
     """First SIGINT/SIGTERM: stop after the current batch. A second one: stop now."""
@@ -171,10 +174,12 @@ def monitor_cmd(
     total = 0
     started = time.perf_counter()
     prefect_ready = threading.Event()
+    starter: threading.Thread | None = None
     if use_prefect:
-        threading.Thread(
+        starter = threading.Thread(
             target=_start_prefect, args=(prefect_ready,), name="defectscan-prefect", daemon=True
-        ).start()
+        )
+        starter.start()
     try:
         while not STOP.is_set():
             bound = run_images if max_images is None else min(run_images, max_images - total)
@@ -218,6 +223,11 @@ def monitor_cmd(
                 break
     finally:
         _close(use_prefect)
+        if starter is not None:
+            # A stop during Prefect's start: let the start end before the interpreter does.
+            # A daemon thread still logging or importing while Python finalises aborts the
+            # process (SIGABRT) instead of the clean exit a stop request promises.
+            starter.join(PREFECT_START_WAIT_S)
         if metrics is not None:
             metrics.stop()
             set_process_metrics(None)
@@ -246,7 +256,12 @@ def _start_prefect(ready: threading.Event) -> None:
         with get_client(sync_client=True) as client:
             client.hello()
     except Exception:  # the first flow run will say what is wrong, loudly
-        logger.warning("Prefect did not start in the background", exc_info=True)
+        from defectscan.monitor import STOP
+
+        if STOP.is_set():  # no flow run will follow: nothing to warn about
+            logger.debug("Prefect did not start before the monitor stopped", exc_info=True)
+        else:
+            logger.warning("Prefect did not start in the background", exc_info=True)
     ready.set()
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,7 +81,8 @@ def test_cli_monitor_on_the_ephemeral_api_is_quiet_and_stops_cleanly_on_sigterm(
         write_parts(camera, 3, start=6)
         wait_for(lambda: count(sqlite_url) == 9, timeout=60, what="nine rows")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 0
+        status = proc.wait(timeout=120)
+        assert status == 0, log.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -91,6 +94,80 @@ def test_cli_monitor_on_the_ephemeral_api_is_quiet_and_stops_cleanly_on_sigterm(
     assert "monitor stopped: 9 images" in output, output
     # Prefect's state went under var/, not the user's home
     assert (tmp_path / "var" / "prefect").is_dir()
+
+
+class _HeldApi:
+    """A Prefect API that answers nothing until released, then 503 (a server starting up)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.asked = threading.Event()
+        self.release = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/api"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: Any) -> None:
+        with conn:
+            conn.recv(65536)
+            self.asked.set()
+            self.release.wait(120)
+            conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+
+    def close(self) -> None:
+        self.release.set()
+        self._sock.close()
+
+
+def test_a_stop_while_prefect_is_starting_waits_for_it_and_exits_cleanly(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """SIGTERM during Prefect's start: the monitor lets the start end, then exits with 0.
+
+    Ending the interpreter under a thread still busy starting Prefect aborted the process
+    (SIGABRT, exit -6) on a loaded CI machine; here the start is held open on purpose.
+    """
+    camera = tmp_path / "camera"
+    write_parts(camera, 6)
+    model = oracle_checkpoint(tmp_path / "oracle.safetensors")
+    api = _HeldApi()
+    env = cli_env(tmp_path, sqlite_url, PREFECT_API_URL=api.url, PREFECT_CLIENT_MAX_RETRIES="0")
+    log = tmp_path / "monitor.log"
+    proc = start_cli(
+        ["monitor", "--source", f"folder:{camera}", "--model", str(model), "--line", "L1"],
+        env,
+        log,
+    )
+    try:
+        # until Prefect answers, the monitor inspects on its own
+        wait_for(lambda: count(sqlite_url) == 6, timeout=180, what="six rows")
+        assert api.asked.wait(60), log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(3)
+        assert proc.poll() is None, "the monitor ended while Prefect was still starting"
+        api.release.set()
+        status = proc.wait(timeout=60)
+        assert status == 0, log.read_text()
+    finally:
+        api.close()
+        if proc.poll() is None:
+            proc.kill()
+    output = log.read_text()
+    for word in ("Traceback", "Fatal Python error", "WARNING", "ERROR"):
+        assert word not in output, output
+    assert "monitor stopped: 6 images" in output, output
 
 
 def test_a_run_with_idle_exit_does_not_end_while_the_line_is_paused(
