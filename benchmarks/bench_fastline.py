@@ -14,7 +14,8 @@ Three sections, each runnable alone (``--sections autoint8``, ``latency`` or ``s
   ``vs_openvino_model_only`` are tiles/s ratios (acceptance of issue 20: the default path
   after the switch >= 2.5x the seed loop and >= 1.0x OpenVINO fp32 model-only). The last
   row runs the engine after the switch while a background INT8 job of another model runs
-  (with the monitor's own ``background_nice`` and ``background_threads``):
+  (with the monitor's own ``background_nice``, ``background_threads`` and
+  ``background_cpu_share``, held as the monitor holds its jobs while the line inspects):
   ``vs_same_engine_alone`` is its throughput over that engine's own row (issue 20: within
   20%), ``job_cores`` the job's CPU seconds per second meanwhile.
 - ``latency``: the monitor as built by ``defectscan monitor`` (folder watched, a row committed
@@ -66,6 +67,7 @@ from bench_common import (
     seed_naive_engine,
     timed_round,
 )
+from defectscan.cpu_budget import process_cpu_seconds
 
 __all__ = ["print_fastline_tables", "run_autoint8", "run_latency", "run_startup"]
 
@@ -152,6 +154,15 @@ def _background_job(work: Path, model: Path, calib: Path, parity: Path, tile: in
     )  # fmt: skip
 
 
+def _metered(pid: int) -> Any:
+    """The monitor's CPU budget on a job while the line inspects (None when it is off)."""
+    from defectscan.config import get_settings
+    from defectscan.cpu_budget import CpuBudget
+
+    share = get_settings().background_cpu_share
+    return CpuBudget(pid, share, busy=lambda: True).start() if share > 0 else None
+
+
 def _png_variant(data: bytes, tag: str) -> bytes:
     """The same PNG with a text chunk: same pixels, another sha256 (a new part)."""
     body = b"Comment\x00" + tag.encode()
@@ -229,15 +240,6 @@ def _feed_until(monitor: Any, camera: Path, parts: list[bytes], done: Any, limit
 
 
 # -- autoint8 ---------------------------------------------------------------------------------
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process so far (Linux ``/proc``; None elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _monitor_pass(monitor: Any, camera: Path, parts: list[bytes], tag: str) -> float:
@@ -346,11 +348,15 @@ def run_autoint8(cfg: BenchConfig, notes: list[str], log: Log) -> list[dict[str,
                 rates[name].append(grid.n_tiles * cfg.images / elapsed)
             inspector.backend = after
             job = _background_job(work, other, calib, bg_parity, cfg.tile)
+            # held to its share as the monitor holds its own jobs while the line inspects
+            metered = _metered(job.pid)
             try:
-                cpu0 = _cpu_seconds(job.pid)
+                cpu0 = process_cpu_seconds(job.pid)
                 elapsed = _monitor_pass(monitor, camera, parts, f"r{r}-bg")
-                cpu1 = _cpu_seconds(job.pid)
+                cpu1 = process_cpu_seconds(job.pid)
             finally:
+                if metered is not None:
+                    metered.stop()
                 job.terminate()
                 job.wait(timeout=60)
             during.append(grid.n_tiles * cfg.images / elapsed)

@@ -537,7 +537,14 @@ class Settings(BaseSettings):
         ge=0,
         le=19,
         description="how much lower background engine jobs run than inspection (their "
-        "niceness); on a saturated 2-core line a job still took about 0.3 of a core at 8",
+        "niceness); on a saturated 2-core line a niced job alone still took about 0.3 of a "
+        "core at 8, hence background_cpu_share",
+    )
+    background_cpu_share: float = Field(
+        default=0.15,
+        ge=0,
+        description="cores a background engine job may use while its line inspects (held "
+        "with SIGSTOP past it; free while the line is idle); 0: no limit beyond its niceness",
     )
     background_timeout_s: float = Field(
         default=1800.0,

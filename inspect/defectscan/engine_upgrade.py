@@ -16,6 +16,9 @@ none: a pinned engine is never overridden):
 - **Quantise in the background**: once the pool holds enough images, a separate process
   (:mod:`defectscan.model.quantise`: lower priority, bounded threads and cores) quantises with
   NNCF on part of them and checks parity on the others (the checks of ``defectscan export``).
+  While the line inspects, every background job is held to ``background_cpu_share`` of a
+  core (:class:`~defectscan.cpu_budget.CpuBudget`: SIGSTOP past its share, SIGCONT when it
+  is due again); while the line is idle it runs free.
 - **Switch between batches**: an engine that is ready is loaded and timed against the running
   one on the same tiles; a faster one (INT8: ``int8_min_speedup`` times as fast) is swapped
   in between batches, the way a new champion is, with an ``engine_switch`` event, and is
@@ -55,6 +58,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from defectscan.archive import ImageArchive, image_suffix
 from defectscan.config import Settings
+from defectscan.cpu_budget import CpuBudget
 from defectscan.metrics import ENGINE_STATES
 from defectscan.model.backends import Backend, resolve_device
 from defectscan.model.engines import (
@@ -86,6 +90,10 @@ logger = logging.getLogger(__name__)
 
 EventFn = Callable[[str, str, str, "str | None", dict[str, Any]], None]
 
+#: The line counts as inspecting (a background job held to its CPU share) this long after
+#: its last image.
+BUSY_WINDOW_S = 2.0
+
 _MAX_STRATA = 16  # camera names are free text: bound the folders they make
 
 
@@ -101,6 +109,7 @@ class EngineOptions:
     min_speedup: float = 1.0
     threads: int = 1
     nice: int = 8
+    cpu_share: float = 0.15
     timeout_s: float = 1800.0
     precision: str = "auto"
     retry_int8: bool = False
@@ -131,6 +140,7 @@ class EngineOptions:
             min_speedup=settings.int8_min_speedup,
             threads=settings.background_threads,
             nice=settings.background_nice,
+            cpu_share=settings.background_cpu_share,
             timeout_s=settings.background_timeout_s,
             precision=engine.precision,
             retry_int8=retry_int8,
@@ -295,6 +305,8 @@ class EngineUpgrader:
         self._proc: subprocess.Popen[bytes] | None = None
         self._job: tuple[str, Path] | None = None
         self._job_started = 0.0
+        self._budget: CpuBudget | None = None
+        self._last_image = -math.inf
         self._fp32_todo = False
         self._gathering = False
         self._check_int8_cached = False
@@ -320,6 +332,7 @@ class EngineUpgrader:
 
     def observe(self, result: InspectionResult) -> None:
         """The service loop's ``on_result`` hook: offer the image to the calibration pool."""
+        self._last_image = time.monotonic()
         pool = self.pool
         if pool is None or not self._gathering or result.status != "ok":
             return
@@ -342,6 +355,7 @@ class EngineUpgrader:
     def close(self) -> None:
         """Stop a background job this monitor started (it is started again next time)."""
         proc, self._proc = self._proc, None
+        self._end_budget()  # a held job would not see the SIGTERM below until released
         if proc is not None and proc.poll() is None:
             proc.terminate()
             try:
@@ -370,7 +384,7 @@ class EngineUpgrader:
             swapped = self._evaluate(inspector, ["openvino-int8"], flow_run_id, int8=True)
         if self._proc is not None:
             if self._proc.poll() is None:
-                if time.monotonic() - self._job_started > self.options.timeout_s:
+                if self._job_running_s() > self.options.timeout_s:
                     self._timed_out(flow_run_id)
                 return swapped
             swapped = self._finished(inspector, flow_run_id) or swapped
@@ -564,9 +578,37 @@ class EngineUpgrader:
             )
         self._job = (kind, status)
         self._job_started = time.monotonic()
+        if self.options.cpu_share > 0:
+            self._budget = CpuBudget(
+                self._proc.pid, self.options.cpu_share, busy=self._line_busy
+            ).start()
         logger.info(
             "background %s job started for %s (pid %d)", kind, self._sha[:12], self._proc.pid
         )
+
+    def _line_busy(self) -> bool:
+        """True while the line inspects (an image in the last ``BUSY_WINDOW_S`` seconds)."""
+        return time.monotonic() - self._last_image < BUSY_WINDOW_S
+
+    def _job_running_s(self) -> float:
+        """Seconds the job has been allowed to run (time held by its CPU budget left out)."""
+        held = self._budget.held_s if self._budget is not None else 0.0
+        return time.monotonic() - self._job_started - held
+
+    def _end_budget(self) -> None:
+        budget, self._budget = self._budget, None
+        if budget is None:
+            return
+        budget.stop()
+        if budget.holds:
+            logger.info(
+                "background job pid %d held %d time(s), %.0f s in all, to %.2f core while "
+                "the line inspected",
+                budget.pid,
+                budget.holds,
+                budget.held_s,
+                budget.share,
+            )
 
     def _timed_out(self, flow_run_id: str | None) -> None:
         """Stop a job that ran past ``timeout_s``; the running engine stays.
@@ -579,9 +621,10 @@ class EngineUpgrader:
         self.close()  # terminates the job and releases the model's lock
         self._job = None
         message = (
-            f"background {kind} engine job stopped after {self.options.timeout_s:.0f} s "
-            "(background_timeout_s): the line keeps its engine; the job runs again when the "
-            "monitor restarts"
+            f"background {kind} engine job stopped after running "
+            f"{self.options.timeout_s:.0f} s (background_timeout_s; time held to its CPU share "
+            "not counted): the line keeps its engine; the job runs again when the monitor "
+            "restarts"
         )
         logger.warning(message)
         self._event("engine_job_timeout", message, "warning", flow_run_id, {"job": kind})
@@ -595,6 +638,7 @@ class EngineUpgrader:
         assert self._job is not None
         kind, status = self._job
         self._proc, self._job = None, None
+        self._end_budget()
         self._release_lock()
         try:
             result = json.loads(status.read_text())

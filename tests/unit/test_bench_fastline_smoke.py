@@ -49,6 +49,8 @@ def test_fastline_sections_run_and_write_their_rows(tmp_path: Path) -> None:
             "DEFECTSCAN_VAR_DIR": str(tmp_path / "var"),
             "DEFECTSCAN_INT8_CALIBRATION_IMAGES": "6",
             "DEFECTSCAN_INT8_PARITY_IMAGES": "2",
+            # the monitor's CPU budget is metered but never binds: a smoke test, not a timing
+            "DEFECTSCAN_BACKGROUND_CPU_SHARE": "1.0",
         },
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
