@@ -44,7 +44,7 @@ test: $(STAMP)
 	@# without it, as on an AVX2-only CPU (issue 9: pass on both kinds of machine).
 	@if DEFECTSCAN_DISABLE_BF16= $(PY) -c "import sys; from defectscan.model.backends import cpu_supports_bf16 as f; sys.exit(not f())"; then \
 		echo "this CPU has bf16: training and model tests again with DEFECTSCAN_DISABLE_BF16=1"; \
-		DEFECTSCAN_DISABLE_BF16=1 $(PY) -m pytest -q tests/unit/training tests/unit/model; \
+		DEFECTSCAN_DISABLE_BF16=1 $(PY) -m pytest -q -m 'not any_precision' tests/unit/training tests/unit/model; \
 	else \
 		echo "no bf16 on this CPU: the suite above already ran without it"; \
 	fi
