@@ -36,6 +36,7 @@ FLOORS: list[tuple[str, list[str]]] = [
             "image_stats",
             "sources.base",
             "store.records",
+            "cpu_budget",
         ],
     ),
     ("model", ["model", "model.spec", "model.unet", "model.checkpoint", "model.backends"]),

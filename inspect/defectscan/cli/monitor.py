@@ -33,7 +33,7 @@ __all__ = ["register"]
 logger = logging.getLogger(__name__)
 
 #: How long a stopping monitor waits for a Prefect start still in progress (seconds).
-PREFECT_START_WAIT_S = 30.0
+PREFECT_START_WAIT_S = 10.0
 
 
 def _install_stop_handlers() -> None:
@@ -227,6 +227,7 @@ def monitor_cmd(
             # A stop during Prefect's start: let the start end before the interpreter does.
             # A daemon thread still logging or importing while Python finalises aborts the
             # process (SIGABRT) instead of the clean exit a stop request promises.
+            # A remote API that does not answer is waited for only that long.
             starter.join(PREFECT_START_WAIT_S)
         if metrics is not None:
             metrics.stop()
