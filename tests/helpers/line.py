@@ -6,13 +6,17 @@ right verdict is known: parts with a dark rectangle fail, plain parts pass.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -25,6 +29,7 @@ from helpers.oracle import oracle_unet
 __all__ = [
     "REPO",
     "Crashy",
+    "HeldApi",
     "cli_env",
     "count",
     "oracle_checkpoint",
@@ -166,3 +171,38 @@ class Crashy(Inspector):
             checkpoint=base.checkpoint,
             batch_size=base.batch_size,
         )
+
+
+class HeldApi:
+    """A Prefect API on a real socket that answers nothing until released, then 503.
+
+    A Prefect server still starting, or a hung one: ``asked`` is set once a request came in;
+    ``release`` lets every held request have its answer; ``close`` ends it.
+    """
+
+    def __init__(self) -> None:
+        self.asked = threading.Event()
+        self.release = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/api"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: Any) -> None:
+        with conn:
+            conn.recv(65536)
+            self.asked.set()
+            self.release.wait(120)
+            with contextlib.suppress(OSError):  # the client went away while held
+                conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+
+    def close(self) -> None:
+        self.release.set()
+        self._sock.close()

@@ -6,11 +6,19 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from helpers.line import cli_env, count, oracle_checkpoint, rows, start_cli, wait_for, write_parts
+from helpers.line import (
+    HeldApi,
+    cli_env,
+    count,
+    oracle_checkpoint,
+    rows,
+    start_cli,
+    wait_for,
+    write_parts,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -96,41 +104,6 @@ def test_cli_monitor_on_the_ephemeral_api_is_quiet_and_stops_cleanly_on_sigterm(
     assert (tmp_path / "var" / "prefect").is_dir()
 
 
-class _HeldApi:
-    """A Prefect API that answers nothing until released, then 503 (a server starting up)."""
-
-    def __init__(self) -> None:
-        import socket
-        import threading
-
-        self.asked = threading.Event()
-        self.release = threading.Event()
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/api"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        import threading
-
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: Any) -> None:
-        with conn:
-            conn.recv(65536)
-            self.asked.set()
-            self.release.wait(120)
-            conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
-
-    def close(self) -> None:
-        self.release.set()
-        self._sock.close()
-
-
 def test_a_stop_while_prefect_is_starting_waits_for_it_and_exits_cleanly(
     tmp_path: Path, sqlite_url: str
 ) -> None:
@@ -142,7 +115,7 @@ def test_a_stop_while_prefect_is_starting_waits_for_it_and_exits_cleanly(
     camera = tmp_path / "camera"
     write_parts(camera, 6)
     model = oracle_checkpoint(tmp_path / "oracle.safetensors")
-    api = _HeldApi()
+    api = HeldApi()
     env = cli_env(tmp_path, sqlite_url, PREFECT_API_URL=api.url, PREFECT_CLIENT_MAX_RETRIES="0")
     log = tmp_path / "monitor.log"
     proc = start_cli(

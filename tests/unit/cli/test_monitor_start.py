@@ -7,48 +7,33 @@ every image waited for the first flow run, which waited for the API.
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers.line import cli_env, count, oracle_checkpoint, start_cli, stop, wait_for, write_parts
+from helpers.line import (
+    HeldApi,
+    cli_env,
+    count,
+    oracle_checkpoint,
+    start_cli,
+    stop,
+    wait_for,
+    write_parts,
+)
 
 __all__: list[str] = []
 
 
 @pytest.fixture
 def hung_api() -> Iterator[str]:
-    """An HTTP address that accepts connections and never answers."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-    done = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not done.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            held.append(conn)  # read nothing, answer nothing
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
+    """An HTTP address that accepts connections and never answers while the test runs."""
+    api = HeldApi()
     try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}/api"
+        yield api.url
     finally:
-        done.set()
-        thread.join(timeout=5)
-        for conn in held:
-            conn.close()
-        server.close()
+        api.close()
 
 
 def test_the_first_rows_do_not_wait_for_prefect(
