@@ -1,8 +1,10 @@
-"""CLI commands for reviews and the review queue: ``review ID``, ``review next``, ``review fill``.
+"""CLI commands for reviews and the review queue: ``review ID``, ``review next``, ``review flag``,
+``review fill``.
 
 ``defectscan review 1234 --verdict confirm`` records a review as before (the ``record``
 command is the group's default); ``review next`` prints the queue's next open item; ``review
-fill`` runs what the nightly ``review-queue`` flow runs, without a Prefect server.
+flag ID`` asks for an inspection to be reviewed (the queue's flagged stratum); ``review fill``
+runs what the nightly ``review-queue`` flow runs, without a Prefect server.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class _RecordByDefault(TyperGroup):
 review_app = typer.Typer(
     cls=_RecordByDefault,
     no_args_is_help=True,
-    help="Reviews: record one (`review ID --verdict ...`), the queue's next item, fill the queue.",
+    help="Reviews: record one (`review ID --verdict ...`), the queue's next item, flag an "
+    "inspection for review, fill the queue.",
 )
 
 LineOpt = Annotated[str | None, typer.Option("--line", help="Production line (default: any).")]
@@ -80,6 +83,29 @@ def next_cmd(
         f"{row['camera'] or '-'}): {row['stratum'].replace('_', ' ')}, score {row['score']:.3f}, "
         f"model {row['model_version']}, expires {row['expires_at']}\n"
         f"review it: defectscan review {row['inspection']} --verdict confirm|reject"
+    )
+
+
+@review_app.command("flag")
+def flag_cmd(
+    inspection_id: Annotated[int, typer.Argument(help="Inspection to have reviewed.")],
+    by: Annotated[str, typer.Option("--by", help="Who asks (recorded with the flag).")],
+    note: Annotated[str | None, typer.Option("--note", help="Why (shown with the event).")] = None,
+    db: DbUrlOpt = None,
+) -> None:
+    """Flag an inspection for review: the next queue fill takes its image (flagged stratum)."""
+    from defectscan.store.review_queue import flag_for_review
+    from defectscan.store.schema import Inspection
+
+    with _session(db) as session:
+        inspection = session.get(Inspection, inspection_id)
+        if inspection is None:
+            console.print(f"[red]no inspection {inspection_id}[/]")
+            raise typer.Exit(2)
+        flag_for_review(inspection, by=by, note=note, session=session)
+    console.print(
+        f"inspection {inspection_id} flagged for review by {by}: the next fill of the review "
+        "queue takes it (nightly, or `defectscan review fill`)"
     )
 
 
@@ -152,6 +178,6 @@ def fill_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``review`` (record, next, fill) to ``app``."""
+    """Add ``review`` (record, next, flag, fill) to ``app``."""
     review_app.command("record")(review_cmd)
     app.add_typer(review_app, name="review")

@@ -9,6 +9,10 @@ Mahalanobis distance in the reference's whitened space), and let
 a drift alert (warning or critical) on one of the line's cameras in the past 72 hours, the
 novelty stratum takes 40% of the budget and is drawn from the alerted cameras only.
 
+Images an operator flagged for review (``review_flag`` events of the past 72 hours, see
+:func:`~defectscan.store.review_queue.flag_for_review`) are candidates whenever they were
+inspected, and go to the flagged stratum (inclusion probability 1).
+
 Picks are written in a shuffled order: the queue serves a fill's items in that order, so which
 picks are reviewed first does not depend on their labels (what the Horvitz-Thompson estimates
 of :func:`~defectscan.drift.review_sampling.estimate_rate` assume of unreviewed picks).
@@ -19,6 +23,7 @@ of :func:`~defectscan.drift.review_sampling.estimate_rate` assume of unreviewed 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -37,6 +42,7 @@ from defectscan.store.review_queue import (
     CandidateRow,
     add_queue_items,
     expire_queue_items,
+    flagged_sha256,
     queued_sha256,
     retire_model_scored_items,
     review_candidates,
@@ -114,7 +120,9 @@ def alerted_cameras(
     return {(e.details or {}).get("camera") for e in rows}
 
 
-def _candidate(row: CandidateRow, novelty: dict[str, tuple[float, np.ndarray]]) -> Candidate:
+def _candidate(
+    row: CandidateRow, novelty: dict[str, tuple[float, np.ndarray]], flagged: set[str]
+) -> Candidate:
     score, feats = novelty.get(row.sha256, (None, None))
     return Candidate(
         sha256=row.sha256,
@@ -125,6 +133,7 @@ def _candidate(row: CandidateRow, novelty: dict[str, tuple[float, np.ndarray]]) 
         margin=None if row.peak is None else abs(row.peak - _DECISION),
         novelty=score,
         features=feats,
+        flagged=row.sha256 in flagged,
     )
 
 
@@ -148,8 +157,23 @@ def fill_line(
     batch = f"{line or '-'}@{until.astimezone(UTC):%Y%m%dT%H%M%S}"[:64]
     expired = expire_queue_items(session=session, now=now)
     rows = review_candidates(session=session, line=line, since=since, until=until)
-    result = FillResult(line, batch, len(rows), expired=expired)
-    if not rows:
+    # An operator's flag stands until the image is reviewed, queued or 72 hours old, however
+    # long ago it was inspected; such an image is a candidate of the flagged stratum only.
+    flagged = flagged_sha256(session=session, line=line, since=min(since, now - expiry))
+    in_period = {r.sha256 for r in rows}
+    outside = [
+        r
+        for r in (
+            review_candidates(
+                session=session, line=line, since=until, until=until, also_sha256=flagged
+            )
+            if flagged - in_period
+            else []
+        )
+        if r.sha256 not in in_period
+    ]
+    result = FillResult(line, batch, len(rows) + len(outside), expired=expired)
+    if not rows and not outside:
         return result
     alerted = alerted_cameras(session=session, line=line, now=now)
     result.alerted_cameras = sorted(alerted, key=str)
@@ -160,11 +184,17 @@ def fill_line(
             scores = novelty(pool)
         except Exception:  # novelty is one stratum: the others still fill
             log.warning("review queue: novelty of line %s could not be scored", line, exc_info=True)
-    by_sha = {r.sha256: r for r in rows}
+    by_sha = {r.sha256: r for r in (*rows, *outside)}
     queued = queued_sha256(session=session)
     names = sorted({*class_names, *(c for r in rows for c in r.classes)})
     picks = select_for_review(
-        (_candidate(r, scores) for r in rows),
+        [
+            *(_candidate(r, scores, flagged) for r in rows),
+            *(
+                dataclasses.replace(_candidate(r, {}, flagged), outside_period=True)
+                for r in outside
+            ),
+        ],
         budget=budget,
         drift_alert=bool(alerted),
         holdout=holdout,

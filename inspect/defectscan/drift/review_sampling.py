@@ -72,6 +72,9 @@ class Candidate:
     features: np.ndarray | None = field(default=None, repr=False, compare=False)
     lot: str | None = None
     flagged: bool = False
+    #: Inspected outside the fill's period and flagged since: only the flagged stratum takes it
+    #: (the random strata's populations, and so their estimates, stay the period's).
+    outside_period: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,9 @@ def select_for_review(
         seen.add(c.sha256)
         pool.append(c)
 
+    flagged = sorted((c for c in pool if c.flagged), key=lambda c: c.time)
+    pool = [c for c in pool if not c.outside_period]
+
     picks: list[Pick] = []
     used_cells: set[tuple[str | None, int]] = set()
     lots: dict[str, int] = defaultdict(int)
@@ -185,7 +191,7 @@ def select_for_review(
         if c.lot is not None:
             lots[c.lot] += 1
 
-    for c in sorted((c for c in pool if c.flagged), key=lambda c: c.time):
+    for c in flagged:
         if sum(p.stratum == "flagged" for p in picks) >= budgets["flagged"]:
             break
         if allowed(c):

@@ -2,25 +2,30 @@
 
 The picking itself (strata, budgets, probabilities) lives one floor up, in
 :mod:`defectscan.drift.review_sampling` and :mod:`defectscan.drift.review_fill`; this module
-reads the day's candidates, writes the picks and serves them. An item is ``open`` until its
-inspection is reviewed (``done``: by the console, ``defectscan review`` or any other review of
-that inspection, which :func:`next_queue_item` notices) or until it expires (72 hours).
+reads the day's candidates, writes the picks and serves them. An operator's flag (the console's
+"Flag for review", ``defectscan review flag``) is an ``events`` row of kind ``review_flag``
+that the next fills take into the flagged stratum while it is younger than 72 hours.
+
+An item is ``open`` until its inspection is reviewed (``done``: by the console, ``defectscan
+review`` or any other review of that inspection, which :func:`next_queue_item` notices) or
+until it expires (72 hours).
 
 All functions take ``*, session`` and leave the transaction to the caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from defectscan.store.schema import (
     Defect,
+    Event,
     Inspection,
     ModelVersion,
     Review,
@@ -29,12 +34,15 @@ from defectscan.store.schema import (
 )
 
 __all__ = [
+    "FLAG_EVENT",
     "MODEL_SCORED_STRATA",
     "QUEUE_EXPIRY",
     "CandidateRow",
     "HTRow",
     "add_queue_items",
     "expire_queue_items",
+    "flag_for_review",
+    "flagged_sha256",
     "has_open_items",
     "mark_reviewed",
     "model_wrong",
@@ -48,6 +56,8 @@ __all__ = [
 
 #: How long an item waits for a reviewer.
 QUEUE_EXPIRY = timedelta(hours=72)
+#: The ``events`` kind of an operator's "review this image" flag.
+FLAG_EVENT = "review_flag"
 #: Strata whose choice depends on the model's scores: stale once another model is champion.
 MODEL_SCORED_STRATA = ("close_call", "novelty", "class_balance")
 
@@ -84,13 +94,23 @@ def _line(column: Any, line: str | None) -> Any:
 
 
 def review_candidates(
-    *, session: Session, line: str | None, since: datetime, until: datetime, limit: int = 200_000
+    *,
+    session: Session,
+    line: str | None,
+    since: datetime,
+    until: datetime,
+    limit: int = 200_000,
+    also_sha256: Collection[str] = (),
 ) -> list[CandidateRow]:
     """The line's ok inspections finished in ``[since, until)`` that nobody reviewed yet.
 
     One row per sha256 (its newest inspection); the classes are those the model found.
+    ``also_sha256`` adds those images whenever they were inspected (flagged ones).
     """
     reviewed = exists().where(Review.inspection_id == Inspection.id)
+    period = and_(Inspection.finished_at >= since, Inspection.finished_at < until)
+    if also_sha256:
+        period = or_(period, Inspection.sha256.in_(sorted(also_sha256)))
     rows = session.execute(
         select(
             Inspection.id,
@@ -105,8 +125,7 @@ def review_candidates(
         .where(
             Inspection.status == "ok",
             _line(Inspection.line, line),
-            Inspection.finished_at >= since,
-            Inspection.finished_at < until,
+            period,
             ~reviewed,
         )
         .order_by(Inspection.finished_at.desc(), Inspection.id.desc())
@@ -145,6 +164,51 @@ def review_candidates(
             )
         )
     return out[::-1]
+
+
+def flag_for_review(
+    inspection: Inspection, *, by: str, note: str | None = None, session: Session
+) -> Event:
+    """``by`` asks for ``inspection``'s image to be reviewed: a ``review_flag`` event.
+
+    The next fill of the review queue puts the image in its flagged stratum (inclusion
+    probability 1) unless it is reviewed, queued or in the retrain holdout by then.
+    """
+    from defectscan.store.operations import record_event
+
+    note = (note or "").strip()[:500] or None
+    return record_event(
+        session=session,
+        kind=FLAG_EVENT,
+        line=inspection.line,
+        message=f"{by} flagged inspection {inspection.id} for review"
+        + (f": {note}" if note else ""),
+        details={
+            "inspection_id": inspection.id,
+            "sha256": inspection.sha256,
+            "camera": inspection.camera,
+            "by": by,
+            "note": note,
+        },
+    )
+
+
+def flagged_sha256(*, session: Session, line: str | None, since: datetime) -> set[str]:
+    """Images of ``line`` flagged for review since ``since`` and not reviewed since."""
+    flags = session.scalars(
+        select(Event).where(
+            Event.kind == FLAG_EVENT, _line(Event.line, line), Event.created_at >= since
+        )
+    )
+    ids = {
+        int(d["inspection_id"])
+        for d in ((e.details or {}) for e in flags)
+        if isinstance(d.get("inspection_id"), int)
+    }
+    if not ids:
+        return set()
+    reviewed = exists().where(Review.inspection_id == Inspection.id)
+    return set(session.scalars(select(Inspection.sha256).where(Inspection.id.in_(ids), ~reviewed)))
 
 
 def queued_sha256(*, session: Session, line: str | None = None) -> set[str]:

@@ -70,3 +70,52 @@ def _ids(html: str) -> list[str]:
     import re
 
     return re.findall(r'class="queue-item" data-id="(\d+)"', html)
+
+
+def test_an_operator_flags_an_inspection_for_review_and_the_next_fill_takes_it(
+    client: TestClient, seeded: Seeded, db_sessions: sessionmaker[Session]
+) -> None:
+    from defectscan.store.schema import AuditEntry, Event
+
+    target = seeded.newest_first[-1]  # inspected 12 minutes ago: before the fill's period
+    viewer = login(client, "viewer")
+    assert 'id="flag-button"' not in client.get(f"/inspections/{target}").text
+    flag = client.post(f"/inspections/{target}/flag", data={"csrf_token": viewer, "note": "x"})
+    assert flag.status_code == 403
+    client.cookies.clear()
+    token = login(client, "operator")
+    page = client.get(f"/inspections/{target}").text
+    assert 'id="flag-button"' in page
+    # Without the session's CSRF token nothing is recorded.
+    assert client.post(f"/inspections/{target}/flag", data={"note": "x"}).status_code == 403
+    resp = client.post(
+        f"/inspections/{target}/flag", data={"csrf_token": token, "note": "odd glare on the rim"}
+    )
+    assert resp.status_code == 303, resp.text
+    assert resp.headers["location"].startswith(f"/inspections/{target}?msg=flagged")
+    assert "flagged for review" in client.get(resp.headers["location"]).text
+    with db_sessions() as session:
+        (event,) = session.scalars(sa.select(Event).where(Event.kind == "review_flag")).all()
+        assert event.details["inspection_id"] == target
+        assert event.details["by"] == "operator"
+        assert event.details["note"] == "odd glare on the rim"
+        assert event.line == "L1"
+        actions = [a.action for a in session.scalars(sa.select(AuditEntry))]
+        assert "flag_for_review" in actions
+    now = datetime.now(UTC)
+    with db_sessions.begin() as session:
+        result = fill_line(
+            session=session,
+            line="L1",
+            since=now - timedelta(minutes=5),
+            until=now + timedelta(minutes=1),
+            budget=150,
+            rng=np.random.default_rng(3),
+        )
+    assert result.picked.get("flagged") == 1
+    with db_sessions() as session:
+        item = session.scalars(
+            sa.select(ReviewQueueItem).where(ReviewQueueItem.stratum == "flagged")
+        ).one()
+        assert item.inspection_id == target
+        assert item.inclusion_probability == 1.0

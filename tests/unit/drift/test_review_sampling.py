@@ -157,3 +157,21 @@ def test_no_reviews_no_estimate() -> None:
     assert horvitz_thompson([], {}, stratum="random_pass", population=10) is None
     with pytest.raises(KeyError):
         stratum_budgets(10)["nonexistent"]
+
+
+def test_images_from_outside_the_period_enter_only_the_flagged_stratum() -> None:
+    rng = np.random.default_rng(5)
+    inside = [
+        Candidate(f"in{i}", "a", 61.0 * i, "pass" if i % 3 else "fail", margin=0.01 * (i % 7))
+        for i in range(300)
+    ]
+    # Inspected days before the period: flagged since (3), or not (3, a bug upstream).
+    outside = [
+        Candidate(f"out{i}", "a", -86_400.0 * 3 + 61.0 * i, "pass", margin=0.0,
+                  flagged=i < 3, outside_period=True)
+        for i in range(6)
+    ]  # fmt: skip
+    picks = select_for_review([*inside, *outside], budget=150, rng=rng)
+    by_stratum = Counter(p.stratum for p in picks if p.sha256.startswith("out"))
+    assert by_stratum == {"flagged": 3}
+    assert {p.inclusion_probability for p in picks if p.stratum == "flagged"} == {1.0}

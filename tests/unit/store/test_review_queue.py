@@ -270,3 +270,51 @@ def test_review_fill_and_next_from_the_command_line(
     assert est["escape"]["n"] + est["false_reject"]["n"] == int(
         item["stratum"].startswith("random_")
     )
+
+
+def test_a_flagged_image_fills_the_flagged_stratum_until_reviewed_or_72_hours_old(
+    db_sessions: sessionmaker[Session],
+) -> None:
+    from defectscan.store.review_queue import flag_for_review, flagged_sha256
+    from defectscan.store.schema import Inspection
+    from defectscan.training.reviews import record_review
+
+    _seed(db_sessions, 90)
+    old = make_inspection_record(500, n_defects=0, finished_at=NOW - timedelta(days=5))
+    with db_sessions.begin() as session:
+        save_inspections([old], session=session)
+    by_sha = {}
+    with db_sessions.begin() as session:
+        for insp in session.scalars(sa.select(Inspection)):
+            by_sha[insp.sha256] = insp.id
+        stale = make_inspection_record(10).sha256
+        done = make_inspection_record(20).sha256
+        # An old image flagged an hour ago, one flagged 80 hours ago, one flagged and reviewed.
+        for sha, age in ((old.sha256, 1), (stale, 80), (done, 2)):
+            event = flag_for_review(
+                session.get(Inspection, by_sha[sha]), by="ana", note="glare?", session=session
+            )
+            event.created_at = NOW - timedelta(hours=age)
+        record_review(by_sha[done], "confirm", session=session, operator="ana")
+    with db_sessions() as session:
+        flags = session.scalars(sa.select(Event).where(Event.kind == "review_flag")).all()
+        assert len(flags) == 3
+        assert flags[0].details["by"] == "ana"
+        assert flagged_sha256(session=session, line="L1", since=NOW - timedelta(hours=72)) == {
+            old.sha256
+        }
+    picked = _fill(db_sessions, budget=150)
+    assert picked["flagged"] == 1
+    items = {it.sha256: it for it in _items(db_sessions)}
+    # Inspected five days ago, outside the fill's day, and still taken: the operator asked.
+    assert items[old.sha256].stratum == "flagged"
+    assert items[old.sha256].inclusion_probability == 1.0
+    assert done not in items
+    assert stale not in items or items[stale].stratum != "flagged"
+    # The random strata still stand for the period: 59 unreviewed passes, the old one not counted.
+    random_pass = [it for it in items.values() if it.stratum == "random_pass"]
+    assert random_pass
+    assert {it.population for it in random_pass} == {59}
+    # Queued now: a second fill does not take it again.
+    again = _fill(db_sessions, budget=150)
+    assert "flagged" not in again

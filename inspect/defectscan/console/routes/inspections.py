@@ -7,13 +7,13 @@ a 404 before the file system is touched.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from defectscan.console.deps import Principal, current_user, db, state
+from defectscan.console.deps import Principal, client_ip, csrf, current_user, db, form, state
 from defectscan.console.images import class_map_from_defects, overlay_png, valid_sha256
 from defectscan.console.pages import load_inspection, parse_time, render
 from defectscan.store.console_queries import (
@@ -23,6 +23,8 @@ from defectscan.store.console_queries import (
     peak_score,
     same_image,
 )
+from defectscan.store.console_users import audit
+from defectscan.store.review_queue import flag_for_review
 from defectscan.store.schema import Inspection
 
 router = APIRouter()
@@ -129,6 +131,26 @@ def detail(
         },
         user=user,
     )
+
+
+@router.post("/inspections/{inspection_id}/flag")
+async def flag(
+    request: Request, inspection_id: int, user: Principal = Depends(csrf("operator"))
+) -> Response:
+    """Flag the inspection for review: the next review-queue fill takes its image."""
+    note = (await form(request)).get("note", "").strip()[:500]
+    with state(request).write.begin() as session:
+        insp = load_inspection(session, inspection_id)
+        flag_for_review(insp, by=user.name, note=note, session=session)
+        audit(
+            "flag_for_review",
+            who=user.name,
+            ip=client_ip(request),
+            detail={"inspection": inspection_id, "note": note},
+            session=session,
+        )
+    msg = quote("flagged for review: the next fill of the review queue takes this image")
+    return RedirectResponse(f"/inspections/{inspection_id}?msg={msg}", status_code=303)
 
 
 def _checked(sha256: str) -> str:
