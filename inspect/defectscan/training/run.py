@@ -58,8 +58,9 @@ class TrainConfig(BaseModel):
     max_minutes: float | None = Field(
         default=None,
         gt=0,
-        description="wall-clock budget: no epoch starts that would end after it (calibration "
-        "and the checkpoint follow as usual)",
+        description="wall-clock budget: no epoch starts that would end after it, and a cosine "
+        "schedule is fitted to the epochs that fit (calibration and the checkpoint follow as "
+        "usual)",
     )
     min_delta: float = Field(default=1e-3, ge=0)
     val_fraction: float = Field(default=0.2, ge=0, lt=1)

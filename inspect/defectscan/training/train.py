@@ -79,7 +79,12 @@ from defectscan.training.run import (
 )
 from defectscan.training.state import LoopState, compat_key, load_state, save_state, state_path
 from defectscan.training.validation import ValBatches, autocast, evaluate_model
-from defectscan.training.warm_start import apply_init, warm_start, with_warmup
+from defectscan.training.warm_start import (
+    apply_init,
+    fit_cosine_to_epochs,
+    warm_start,
+    with_warmup,
+)
 
 __all__ = [
     "TrainConfig",
@@ -355,6 +360,7 @@ def _epochs(
             _end_epoch(run, losses, steps)
             loop.epoch += 1
             done += 1
+            _fit_schedule_to_budget(run, (time.perf_counter() - started) / done)
     except KeyboardInterrupt as exc:
         if loop.best_epoch < 0:
             raise
@@ -374,6 +380,27 @@ def _min_epochs(config: TrainConfig) -> int:
     if config.min_epochs is not None:
         return config.min_epochs
     return config.epochs // 2 if config.scheduler == "cosine" else 0
+
+
+def _fit_schedule_to_budget(run: _Run, epoch_s: float) -> None:
+    """With ``max_minutes``, end the cosine schedule with the last epoch the budget allows.
+
+    A run on a slower machine than its recipe was written for stops early (``_out_of_time``);
+    without this its learning rate would stop partway down the cosine, where the model is
+    worst settled.
+    """
+    config, loop = run.config, run.loop
+    if config.max_minutes is None or epoch_s <= 0:
+        return
+    left_s = 60.0 * config.max_minutes - run.elapsed()
+    fit = loop.epoch + max(0, math.floor(left_s / epoch_s))
+    if fit_cosine_to_epochs(run.fit.scheduler, config, fit, loop.epoch):
+        logger.info(
+            "time budget of %s min: about %d of %d epochs fit; the cosine schedule ends there",
+            config.max_minutes,
+            fit,
+            config.epochs,
+        )
 
 
 def _out_of_time(config: TrainConfig, elapsed_s: float, epoch_s: float) -> bool:

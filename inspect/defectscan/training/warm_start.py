@@ -10,7 +10,9 @@ random weights (retrain) catch it and say so.
 
 ``warmup_epochs`` ramps the learning rate up linearly over the first epochs before the cosine
 schedule, so the first large gradients of new data do not wreck the features the weights
-bring.
+bring. :func:`fit_cosine_to_epochs` shortens a cosine schedule under way, so that a run cut
+by its time budget (``max_minutes``) still anneals to its floor learning rate by its last
+epoch instead of stopping halfway down.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from defectscan.model.spec import ModelSpec
 from defectscan.training.data import RunData
 from defectscan.training.run import TrainConfig
 
-__all__ = ["InitMismatchError", "apply_init", "init_mismatch", "warm_start", "with_warmup"]
+__all__ = [
+    "InitMismatchError",
+    "apply_init",
+    "fit_cosine_to_epochs",
+    "init_mismatch",
+    "warm_start",
+    "with_warmup",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -117,3 +126,34 @@ def with_warmup(optimizer: torch.optim.Optimizer, scheduler: Any, config: TrainC
     return torch.optim.lr_scheduler.SequentialLR(
         optimizer, schedulers=[ramp, cosine], milestones=[warm]
     )
+
+
+def fit_cosine_to_epochs(scheduler: Any, config: TrainConfig, epochs: int, done: int) -> bool:
+    """Make the cosine schedule reach its floor with epoch ``epochs`` (at most ``config.epochs``).
+
+    ``done`` epochs have run and stepped the schedule. Called after every epoch of a run with a
+    time budget, with the epochs that fit by then: the horizon follows that estimate (down when
+    epochs take longer than the recipe planned, back up to the recipe's when they speed up),
+    and from where the learning rate is now it follows a cosine to ``eta_min`` at the horizon
+    (torch's recursive form continues smoothly from the current value). Returns whether the
+    horizon changed. Not during warm-up, and not for the plateau schedule.
+    """
+    if config.scheduler != "cosine":
+        return False
+    warm = config.warmup_epochs
+    if isinstance(scheduler, torch.optim.lr_scheduler.SequentialLR):
+        if done < warm:
+            return False
+        cosine = scheduler._schedulers[-1]  # torch keeps them there, no accessor
+        offset = warm
+    else:
+        cosine, offset = scheduler, 0
+    if not isinstance(cosine, torch.optim.lr_scheduler.CosineAnnealingLR):
+        return False
+    planned = max(1, config.epochs - offset)
+    # The next step must stay short of the horizon's far side (its ratio divides by 1 + cos).
+    t_max = min(planned, max(int(cosine.last_epoch) + 1, epochs - offset))
+    if t_max == cosine.T_max:
+        return False
+    cosine.T_max = t_max
+    return True
