@@ -133,7 +133,8 @@ def train_cmd(
         typer.Option(
             "--config",
             help="Recipe: a YAML file of training options (TrainConfig field names), or the "
-            "name of a shipped recipe (magnetic-tile). Flags given on the command line win.",
+            "name of a shipped recipe (magnetic-tile, magnetic-tile-cpu, fine-tune). Flags given "
+            "on the command line win.",
         ),
     ] = None,
     layout: LayoutOpt = "auto",

@@ -93,15 +93,21 @@ def test_train_takes_a_recipe_file_and_flags_override_it(
     assert (spec.base_width, spec.tile_size) == (6, 32)  # from the recipe
 
 
-def test_the_shipped_recipe_is_a_valid_training_config(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "frr"), [("magnetic-tile", 0.02), ("magnetic-tile-cpu", 0.05)])
+def test_the_shipped_recipes_are_valid_training_configs(
+    tmp_path: Path, name: str, frr: float
+) -> None:
     import yaml
 
     from defectscan.cli.training import recipe_path
 
-    settings = yaml.safe_load(recipe_path("magnetic-tile").read_text())
+    settings = yaml.safe_load(recipe_path(name).read_text())
     config = TrainConfig(data=tmp_path, out=tmp_path / "m.safetensors", **settings)
     assert config.mode == "binary"
-    assert config.target_false_reject_rate == pytest.approx(0.02)
+    assert config.target_false_reject_rate == pytest.approx(frr)
+    if name == "magnetic-tile-cpu":  # an hour on 2 cores: a budget, and no early stop
+        assert config.max_minutes == 60
+        assert config.patience >= config.epochs
 
 
 def test_ctrl_c_writes_the_best_checkpoint_so_far(tmp_path: Path) -> None:
