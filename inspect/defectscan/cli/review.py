@@ -104,8 +104,8 @@ def flag_cmd(
             raise typer.Exit(2)
         flag_for_review(inspection, by=by, note=note, session=session)
     console.print(
-        f"inspection {inspection_id} flagged for review by {by}: the next fill of the review "
-        "queue takes it (nightly, or `defectscan review fill`)"
+        f"inspection {inspection_id} flagged for review by {by}: the review queue's fills "
+        "(nightly, or `defectscan review fill`) take it into the flagged stratum within 72 hours"
     )
 
 

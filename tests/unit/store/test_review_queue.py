@@ -318,3 +318,41 @@ def test_a_flagged_image_fills_the_flagged_stratum_until_reviewed_or_72_hours_ol
     # Queued now: a second fill does not take it again.
     again = _fill(db_sessions, budget=150)
     assert "flagged" not in again
+
+
+def test_review_flag_from_the_command_line(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from defectscan.store.db import make_engine, session_factory, upgrade_to_head
+    from defectscan.store.schema import Inspection
+    from helpers.cli import run_cli
+
+    engine = make_engine(sqlite_url)
+    upgrade_to_head(engine)
+    sessions = session_factory(engine, write=True)
+    with sessions.begin() as session:
+        register_test_model(session)
+    with sessions.begin() as session:
+        save_inspections([make_inspection_record(1)], session=session)
+    with sessions() as session:
+        (iid,) = session.scalars(sa.select(Inspection.id)).all()
+    code, out, err = run_cli(
+        ["review", "flag", str(iid), "--by", "ana", "--note", "glare", "--db", sqlite_url], capsys
+    )
+    assert code == 0, err
+    assert "flagged for review by ana" in out
+    code, out, err = run_cli(
+        ["review", "flag", "999999", "--by", "ana", "--db", sqlite_url], capsys
+    )
+    assert code == 2
+    assert "no inspection 999999" in out
+    with sessions() as session:
+        (event,) = session.scalars(sa.select(Event).where(Event.kind == "review_flag")).all()
+        assert event.details == {
+            "inspection_id": iid,
+            "sha256": make_inspection_record(1).sha256,
+            "camera": "cam1",
+            "by": "ana",
+            "note": "glare",
+        }
+    engine.dispose()

@@ -149,7 +149,7 @@ async def flag(
             detail={"inspection": inspection_id, "note": note},
             session=session,
         )
-    msg = quote("flagged for review: the next fill of the review queue takes this image")
+    msg = quote("flagged for review: the review queue's next fills take this image (72 hours)")
     return RedirectResponse(f"/inspections/{inspection_id}?msg={msg}", status_code=303)
 
 
