@@ -93,7 +93,7 @@ def flag_cmd(
     note: Annotated[str | None, typer.Option("--note", help="Why (shown with the event).")] = None,
     db: DbUrlOpt = None,
 ) -> None:
-    """Flag an inspection for review: the next queue fill takes its image (flagged stratum)."""
+    """Flag an inspection for review: the queue's fills take its image (flagged stratum, 72 h)."""
     from defectscan.store.review_queue import flag_for_review
     from defectscan.store.schema import Inspection
 

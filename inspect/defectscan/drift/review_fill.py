@@ -41,6 +41,7 @@ from defectscan.store.review_queue import (
     QUEUE_EXPIRY,
     CandidateRow,
     add_queue_items,
+    candidates_of,
     expire_queue_items,
     flagged_sha256,
     queued_sha256,
@@ -160,18 +161,7 @@ def fill_line(
     # An operator's flag stands until the image is reviewed, queued or 72 hours old, however
     # long ago it was inspected; such an image is a candidate of the flagged stratum only.
     flagged = flagged_sha256(session=session, line=line, since=min(since, now - expiry))
-    in_period = {r.sha256 for r in rows}
-    outside = [
-        r
-        for r in (
-            review_candidates(
-                session=session, line=line, since=until, until=until, also_sha256=flagged
-            )
-            if flagged - in_period
-            else []
-        )
-        if r.sha256 not in in_period
-    ]
+    outside = candidates_of(session=session, line=line, sha256=flagged - {r.sha256 for r in rows})
     result = FillResult(line, batch, len(rows) + len(outside), expired=expired)
     if not rows and not outside:
         return result

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from defectscan.store.schema import (
@@ -40,6 +40,7 @@ __all__ = [
     "CandidateRow",
     "HTRow",
     "add_queue_items",
+    "candidates_of",
     "expire_queue_items",
     "flag_for_review",
     "flagged_sha256",
@@ -94,23 +95,31 @@ def _line(column: Any, line: str | None) -> Any:
 
 
 def review_candidates(
-    *,
-    session: Session,
-    line: str | None,
-    since: datetime,
-    until: datetime,
-    limit: int = 200_000,
-    also_sha256: Collection[str] = (),
+    *, session: Session, line: str | None, since: datetime, until: datetime, limit: int = 200_000
 ) -> list[CandidateRow]:
     """The line's ok inspections finished in ``[since, until)`` that nobody reviewed yet.
 
     One row per sha256 (its newest inspection); the classes are those the model found.
-    ``also_sha256`` adds those images whenever they were inspected (flagged ones).
     """
-    reviewed = exists().where(Review.inspection_id == Inspection.id)
     period = and_(Inspection.finished_at >= since, Inspection.finished_at < until)
-    if also_sha256:
-        period = or_(period, Inspection.sha256.in_(sorted(also_sha256)))
+    return _candidate_rows(session, line, period, limit=limit, tz=since.tzinfo)
+
+
+def candidates_of(
+    *, session: Session, line: str | None, sha256: Collection[str]
+) -> list[CandidateRow]:
+    """The line's unreviewed ok inspections of these images, whenever inspected (flagged ones);
+    one row per image, its newest inspection."""
+    if not sha256:
+        return []
+    return _candidate_rows(session, line, Inspection.sha256.in_(sorted(sha256)), tz=UTC)
+
+
+def _candidate_rows(
+    session: Session, line: str | None, which: Any, *, limit: int = 200_000, tz: Any
+) -> list[CandidateRow]:
+    """Unreviewed ok inspections of ``line`` matching ``which``; naive times read in ``tz``."""
+    reviewed = exists().where(Review.inspection_id == Inspection.id)
     rows = session.execute(
         select(
             Inspection.id,
@@ -125,7 +134,7 @@ def review_candidates(
         .where(
             Inspection.status == "ok",
             _line(Inspection.line, line),
-            period,
+            which,
             ~reviewed,
         )
         .order_by(Inspection.finished_at.desc(), Inspection.id.desc())
@@ -149,7 +158,7 @@ def review_candidates(
         if sha in seen:
             continue
         seen.add(sha)
-        when = when if when.tzinfo else when.replace(tzinfo=since.tzinfo)
+        when = when if when.tzinfo else when.replace(tzinfo=tz)
         out.append(
             CandidateRow(
                 iid,
@@ -171,8 +180,9 @@ def flag_for_review(
 ) -> Event:
     """``by`` asks for ``inspection``'s image to be reviewed: a ``review_flag`` event.
 
-    The next fill of the review queue puts the image in its flagged stratum (inclusion
-    probability 1) unless it is reviewed, queued or in the retrain holdout by then.
+    The review queue's fills put the image in their flagged stratum (inclusion probability 1)
+    while the flag is under 72 hours old, unless it is reviewed, queued or in the retrain
+    holdout by then.
     """
     from defectscan.store.operations import record_event
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -214,29 +215,35 @@ def test_promotion_expires_old_scored_items_and_queues_references(
     assert "waits: 0 of 100" in waiting[0].message
 
 
+def _cli_database(url: str, records: list[Any]) -> sa.Engine:
+    """A migrated database at ``url`` holding ``records`` (the CLI tests open it themselves)."""
+    from defectscan.store.db import make_engine, session_factory, upgrade_to_head
+
+    engine = make_engine(url)
+    upgrade_to_head(engine)
+    sessions = session_factory(engine, write=True)
+    with sessions.begin() as session:
+        register_test_model(session)
+    with sessions.begin() as session:
+        save_inspections(records, session=session)
+    return engine
+
+
 def test_review_fill_and_next_from_the_command_line(
     sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import json
 
-    from defectscan.store.db import make_engine, session_factory, upgrade_to_head
     from helpers.cli import run_cli
 
-    engine = make_engine(sqlite_url)
-    upgrade_to_head(engine)
-    sessions = session_factory(engine, write=True)
-    with sessions.begin() as session:
-        register_test_model(session)
     now = datetime.now(UTC)
-    with sessions.begin() as session:
-        save_inspections(
-            [
-                make_inspection_record(i, n_defects=i % 2, finished_at=now - timedelta(minutes=i))
-                for i in range(40)
-            ],
-            session=session,
-        )
-    engine.dispose()
+    _cli_database(
+        sqlite_url,
+        [
+            make_inspection_record(i, n_defects=i % 2, finished_at=now - timedelta(minutes=i))
+            for i in range(40)
+        ],
+    ).dispose()
     code, out, err = run_cli(["review", "next", "--db", sqlite_url], capsys)
     assert code == 3
     assert "empty" in out
@@ -323,17 +330,12 @@ def test_a_flagged_image_fills_the_flagged_stratum_until_reviewed_or_72_hours_ol
 def test_review_flag_from_the_command_line(
     sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from defectscan.store.db import make_engine, session_factory, upgrade_to_head
+    from defectscan.store.db import session_factory
     from defectscan.store.schema import Inspection
     from helpers.cli import run_cli
 
-    engine = make_engine(sqlite_url)
-    upgrade_to_head(engine)
+    engine = _cli_database(sqlite_url, [make_inspection_record(1)])
     sessions = session_factory(engine, write=True)
-    with sessions.begin() as session:
-        register_test_model(session)
-    with sessions.begin() as session:
-        save_inspections([make_inspection_record(1)], session=session)
     with sessions() as session:
         (iid,) = session.scalars(sa.select(Inspection.id)).all()
     code, out, err = run_cli(

@@ -137,7 +137,7 @@ def detail(
 async def flag(
     request: Request, inspection_id: int, user: Principal = Depends(csrf("operator"))
 ) -> Response:
-    """Flag the inspection for review: the next review-queue fill takes its image."""
+    """Flag the inspection for review: the review queue's fills take its image (72 hours)."""
     note = (await form(request)).get("note", "").strip()[:500]
     with state(request).write.begin() as session:
         insp = load_inspection(session, inspection_id)
